@@ -1,0 +1,293 @@
+"""Sealing and opening signed envelopes and receipts (pure: bytes, a manifest and a clock value).
+
+The receiver verifies the bytes it received — the header is carried as bytes precisely so that
+nobody ever needs to re-serialise it to check a signature — and only then parses the payload.
+Every refusal is a :class:`VerificationError` with one of the reasons listed in
+``docs/PROTOCOL.md`` §8, raised before any state changes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.message import DecodeError, Message
+
+from cccfed.v1 import envelope_pb2
+from federation.crypto import CTX_ENVELOPE, CTX_RECEIPT, Signer, sha256, verify
+from federation.errors import VerificationError
+from federation.manifest import TrustedManifest
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Limits a receiver applies to every envelope."""
+
+    max_envelope_bytes: int = 4 * 1024 * 1024
+    # Allowed lead of the sender's clock over ours (created_at in the future).
+    max_clock_skew: timedelta = timedelta(minutes=5)
+    # Allowed age of created_at. Long, because a message may wait in the sender's outbox while
+    # the recipient is down; replay within it is stopped by the persistent seen-id record.
+    max_message_age: timedelta = timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """An envelope that passed every check, with the exact bytes it arrived as."""
+
+    envelope_bytes: bytes
+    envelope: envelope_pb2.Envelope
+    header: envelope_pb2.Header
+
+    @property
+    def message_id(self) -> str:
+        return self.header.message_id
+
+    @property
+    def kind(self) -> str:
+        return self.header.kind
+
+    @property
+    def payload(self) -> bytes:
+        return self.envelope.payload
+
+    @property
+    def created_at(self) -> datetime:
+        return self.header.created_at.ToDatetime(tzinfo=UTC)
+
+    def parse(self, message: Message) -> None:
+        """Parse the payload into ``message`` (whose full name must equal the header kind)."""
+        if message.DESCRIPTOR.full_name != self.kind:
+            raise VerificationError(
+                f"payload kind {self.kind} is not {message.DESCRIPTOR.full_name}",
+                reason="UNSUPPORTED_KIND",
+            )
+        try:
+            message.ParseFromString(self.payload)
+        except DecodeError as e:
+            raise VerificationError("payload is malformed", reason="MALFORMED") from e
+
+
+def kind_of(message: Message) -> str:
+    return str(message.DESCRIPTOR.full_name)
+
+
+def seal(
+    signer: Signer,
+    *,
+    sender_node: str,
+    recipient_node: str,
+    payload: Message | bytes,
+    kind: str | None = None,
+    now: datetime,
+    sender_bureau: str = "",
+    recipient_bureau: str = "",
+    message_id: str | None = None,
+    correlation_id: str = "",
+) -> bytes:
+    """Build, sign and serialize an envelope; returns the exact bytes to store and send."""
+    if isinstance(payload, Message):
+        kind = kind or kind_of(payload)
+        payload_bytes = payload.SerializeToString(deterministic=True)
+    else:
+        if kind is None:
+            raise ValueError("kind is required for a raw payload")
+        payload_bytes = payload
+    header = envelope_pb2.Header(
+        version=PROTOCOL_VERSION,
+        message_id=message_id or str(uuid.uuid4()),
+        correlation_id=correlation_id,
+        kind=kind,
+        sender_node=sender_node,
+        sender_bureau=sender_bureau or sender_node,
+        recipient_node=recipient_node,
+        recipient_bureau=recipient_bureau or recipient_node,
+        signing_key_id=signer.key_id,
+        payload_sha256=sha256(payload_bytes),
+    )
+    header.created_at.FromDatetime(now.astimezone(UTC))
+    header_bytes = header.SerializeToString(deterministic=True)
+    env = envelope_pb2.Envelope(
+        header=header_bytes,
+        payload=payload_bytes,
+        signature=signer.sign(CTX_ENVELOPE, header_bytes),
+    )
+    return env.SerializeToString(deterministic=True)
+
+
+def _parse(message: Message, data: bytes, what: str) -> None:
+    try:
+        message.ParseFromString(data)
+    except DecodeError as e:
+        raise VerificationError(f"{what} is malformed", reason="MALFORMED") from e
+
+
+def _valid_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def open_envelope(
+    envelope_bytes: bytes,
+    manifest: TrustedManifest,
+    *,
+    self_node: str,
+    peer_node: str,
+    now: datetime,
+    policy: Policy,
+    allowed_kinds: frozenset[str] | None = None,
+) -> Opened:
+    """Verify an envelope exactly as received. Raises VerificationError; changes nothing.
+
+    ``peer_node`` is the node identity proven by the TLS handshake (or, offline, the sender the
+    log recorded).
+    """
+    # 1. Size first: nothing else is worth doing on an oversize message.
+    if len(envelope_bytes) > policy.max_envelope_bytes:
+        raise VerificationError(
+            f"envelope of {len(envelope_bytes)} bytes exceeds {policy.max_envelope_bytes}",
+            reason="OVERSIZE",
+        )
+    # 2. Structure: the envelope and its header must parse; the header is kept as bytes.
+    env = envelope_pb2.Envelope()
+    _parse(env, envelope_bytes, "envelope")
+    header = envelope_pb2.Header()
+    _parse(header, env.header, "envelope header")
+    if header.version != PROTOCOL_VERSION:
+        raise VerificationError(
+            f"protocol version {header.version} is not supported", reason="UNSUPPORTED_VERSION"
+        )
+    if not _valid_uuid(header.message_id):
+        raise VerificationError("message_id is not a canonical UUID", reason="MALFORMED")
+    # 3. The key must be listed, not revoked, valid now, and belong to the claimed sender.
+    key = manifest.signing_key(header.signing_key_id, now)
+    if key.member != header.sender_node:
+        raise VerificationError(
+            f"signing key belongs to {key.member}, not to sender {header.sender_node}",
+            reason="KEY_SENDER_MISMATCH",
+        )
+    # 4. The signed sender must be the node the TLS handshake proved.
+    if header.sender_node != peer_node:
+        raise VerificationError(
+            f"envelope signed as {header.sender_node} arrived from {peer_node}",
+            reason="SENDER_MISMATCH",
+        )
+    # 5. Signature over the header bytes as received.
+    verify(key.public_key, env.signature, CTX_ENVELOPE, env.header, what="envelope signature")
+    # 6. The payload is the one the header committed to.
+    if sha256(env.payload) != header.payload_sha256:
+        raise VerificationError("payload does not match its hash", reason="PAYLOAD_HASH_MISMATCH")
+    # 7. Addressed to us, and to a bureau we serve.
+    if header.recipient_node != self_node:
+        raise VerificationError(
+            f"envelope is for {header.recipient_node}, this node is {self_node}",
+            reason="WRONG_RECIPIENT",
+        )
+    bureau = header.recipient_bureau or header.recipient_node
+    if manifest.bureau_to_node.get(bureau) != self_node:
+        raise VerificationError(
+            f"bureau {bureau} is not served by node {self_node}", reason="WRONG_RECIPIENT"
+        )
+    if manifest.bureau_to_node.get(header.sender_bureau or header.sender_node) != peer_node:
+        raise VerificationError(
+            f"sender bureau {header.sender_bureau} is not under {peer_node}",
+            reason="SENDER_MISMATCH",
+        )
+    # 8. Freshness: the sender's clock may lead ours by the skew; age is bounded by policy.
+    created = header.created_at.ToDatetime(tzinfo=UTC)
+    if created > now + policy.max_clock_skew:
+        raise VerificationError(
+            f"created_at {created.isoformat()} is ahead of this node's clock by more than "
+            f"{policy.max_clock_skew}",
+            reason="CLOCK_SKEW",
+        )
+    if created < now - policy.max_message_age:
+        raise VerificationError(
+            f"created_at {created.isoformat()} is older than {policy.max_message_age}",
+            reason="CLOCK_SKEW",
+        )
+    # 9. The kind must be one this service carries.
+    if allowed_kinds is not None and header.kind not in allowed_kinds:
+        raise VerificationError(
+            f"kind {header.kind} is not carried by this service", reason="UNSUPPORTED_KIND"
+        )
+    return Opened(envelope_bytes=envelope_bytes, envelope=env, header=header)
+
+
+def make_receipt(
+    signer: Signer, opened: Opened, *, receiver_node: str, received_at: datetime
+) -> bytes:
+    """Sign a receipt for a committed envelope; returns the Receipt bytes to store and send."""
+    body = envelope_pb2.ReceiptBody(
+        version=PROTOCOL_VERSION,
+        message_id=opened.message_id,
+        header_sha256=sha256(opened.envelope.header),
+        envelope_sha256=sha256(opened.envelope_bytes),
+        receiver_node=receiver_node,
+        sender_node=opened.header.sender_node,
+        signing_key_id=signer.key_id,
+        status=envelope_pb2.RECEIPT_STATUS_ACCEPTED,
+    )
+    body.received_at.FromDatetime(received_at.astimezone(UTC))
+    body_bytes = body.SerializeToString(deterministic=True)
+    return envelope_pb2.Receipt(
+        body=body_bytes, signature=signer.sign(CTX_RECEIPT, body_bytes)
+    ).SerializeToString(deterministic=True)
+
+
+@dataclass(frozen=True)
+class VerifiedReceipt:
+    receipt_bytes: bytes
+    body: envelope_pb2.ReceiptBody
+
+    @property
+    def received_at(self) -> datetime:
+        return self.body.received_at.ToDatetime(tzinfo=UTC)
+
+
+def verify_receipt(
+    receipt_bytes: bytes,
+    envelope_bytes: bytes,
+    manifest: TrustedManifest,
+    *,
+    expected_receiver: str,
+    at: datetime,
+) -> VerifiedReceipt:
+    """Check that a receipt is signed by ``expected_receiver`` and covers exactly our envelope."""
+    receipt = envelope_pb2.Receipt()
+    _parse(receipt, receipt_bytes, "receipt")
+    body = envelope_pb2.ReceiptBody()
+    _parse(body, receipt.body, "receipt body")
+    if body.version != PROTOCOL_VERSION:
+        raise VerificationError(
+            f"receipt version {body.version} is not supported", reason="UNSUPPORTED_VERSION"
+        )
+    key = manifest.signing_key(body.signing_key_id, at)
+    if key.member != expected_receiver or body.receiver_node != expected_receiver:
+        raise VerificationError(
+            f"receipt signed by {key.member} for {body.receiver_node}, "
+            f"expected {expected_receiver}",
+            reason="RECEIPT_SIGNER_MISMATCH",
+        )
+    verify(key.public_key, receipt.signature, CTX_RECEIPT, receipt.body, what="receipt signature")
+    env = envelope_pb2.Envelope()
+    _parse(env, envelope_bytes, "envelope")
+    if body.envelope_sha256 != sha256(envelope_bytes) or body.header_sha256 != sha256(env.header):
+        raise VerificationError(
+            "receipt does not cover the envelope that was sent", reason="RECEIPT_MISMATCH"
+        )
+    return VerifiedReceipt(receipt_bytes=receipt_bytes, body=body)
+
+
+def header_of(envelope_bytes: bytes) -> envelope_pb2.Header:
+    """Parse the header of envelope bytes without verifying anything (for logs and listings)."""
+    env = envelope_pb2.Envelope()
+    _parse(env, envelope_bytes, "envelope")
+    header = envelope_pb2.Header()
+    _parse(header, env.header, "envelope header")
+    return header

@@ -1,0 +1,1 @@
+"""The node runtime: gRPC server and client, store, delivery worker, CLI and configuration."""

@@ -1,0 +1,325 @@
+"""A running node: wiring of configuration, keys, manifest, store, server, client and worker.
+
+:class:`Node` is used three ways: ``cccfed node serve`` (server, delivery worker and manifest
+refresh all running), the CLI's one-shot commands (store, keys and peers only), and tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf.message import Message
+from sqlalchemy.orm import Session
+
+from federation.crypto import Signer
+from federation.envelope import Opened, Policy, kind_of, seal
+from federation.errors import ConfigError, FederationError
+from node.client import PeerPool, PingResult
+from node.config import NodeConfig
+from node.store.db import Writer, make_engine, migrate
+from node.store.ops import Apply, outbox_enqueue, record_manifest
+from node.trust import ManifestHolder, TlsFiles, load_ca
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Registry:
+    """Which payload kinds each service carries, and how each kind changes local state."""
+
+    kinds: dict[str, set[str]] = field(
+        default_factory=lambda: {
+            "federation": {"cccfed.v1.Ping"},
+            "assistance": set(),
+            "expert_exchange": set(),
+            "recognition": set(),
+        }
+    )
+    handlers: dict[str, Apply] = field(default_factory=dict)
+
+    def register(self, service: str, kind: str, apply: Apply | None = None) -> None:
+        self.kinds[service].add(kind)
+        if apply is not None:
+            self.handlers[kind] = apply
+
+
+class Node:
+    def __init__(
+        self, cfg: NodeConfig, *, clock: Clock = system_clock, migrate_store: bool = True
+    ) -> None:
+        self.cfg = cfg
+        self.code = cfg.code
+        self.clock = clock
+        self.replica = cfg.replica or f"{socket.gethostname()}:{cfg.code}"
+        self.policy = Policy(
+            max_envelope_bytes=cfg.limits.max_message_bytes,
+            max_clock_skew=timedelta(seconds=cfg.limits.max_clock_skew_seconds),
+            max_message_age=timedelta(seconds=cfg.limits.max_message_age_seconds),
+        )
+        try:
+            self.signer = Signer.from_pem(cfg.sign_key.read_bytes(), cfg.sign_cert.read_bytes())
+        except OSError as e:
+            raise ConfigError(f"{e.filename}: cannot read signing key: {e.strerror}") from e
+        self.ca = load_ca(cfg.ca_cert)
+        self.trust = ManifestHolder(cfg.manifest, self.ca, clock())
+        self.trust.current.member(self.code)  # we must be a member ourselves
+        self.tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.ca_cert)
+        self.engine = make_engine(cfg.store_url)
+        if migrate_store:
+            migrate(self.engine)
+        self.writer = Writer(self.engine)
+        self.registry = Registry()
+        self.peers = PeerPool(
+            self_node=self.code,
+            trust=self.trust,
+            tls=self.tls,
+            timeout=cfg.limits.call_timeout_seconds,
+            max_message_bytes=cfg.limits.max_message_bytes,
+            clock=clock,
+        )
+        self.bound_port = 0
+        self.outbox_wakeup = asyncio.Event()
+        self.rejections: dict[str, int] = {}
+        self._received_callbacks: list[Callable[[Opened], None]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._server: Any = None
+        self._health: Any = None
+        self._record_manifest()
+
+    # --- registry -------------------------------------------------------------------------
+
+    def kinds_for(self, service: str) -> frozenset[str]:
+        return frozenset(self.registry.kinds.get(service, ()))
+
+    def handler_for(self, kind: str) -> Apply | None:
+        return self.registry.handlers.get(kind)
+
+    def on_received(self, opened: Opened) -> None:
+        for cb in self._received_callbacks:
+            cb(opened)
+
+    def metrics_rejection(self, reason: str) -> None:
+        self.rejections[reason] = self.rejections.get(reason, 0) + 1
+
+    # --- sending --------------------------------------------------------------------------
+
+    def seal(
+        self,
+        recipient_node: str,
+        payload: Message,
+        *,
+        recipient_bureau: str = "",
+        sender_bureau: str = "",
+        correlation_id: str = "",
+        message_id: str | None = None,
+    ) -> bytes:
+        self.trust.current.member(recipient_node)
+        return seal(
+            self.signer,
+            sender_node=self.code,
+            recipient_node=recipient_node,
+            payload=payload,
+            now=self.clock(),
+            sender_bureau=sender_bureau,
+            recipient_bureau=recipient_bureau,
+            correlation_id=correlation_id,
+            message_id=message_id,
+        )
+
+    def enqueue_in(
+        self,
+        s: Session,
+        recipient_node: str,
+        service: str,
+        payload: Message,
+        **kw: Any,
+    ) -> tuple[str, int]:
+        """Seal and queue a message inside a caller's transaction; returns (message id, row)."""
+        from federation.envelope import header_of
+
+        env = self.seal(recipient_node, payload, **kw)
+        mid = header_of(env).message_id
+        row = outbox_enqueue(
+            s,
+            env,
+            message_id=mid,
+            recipient_node=recipient_node,
+            service=service,
+            kind=kind_of(payload),
+            now=self.clock(),
+        )
+        return mid, row
+
+    async def enqueue(
+        self, recipient_node: str, service: str, payload: Message, **kw: Any
+    ) -> tuple[str, int]:
+        result = await self.writer.run(
+            lambda s: self.enqueue_in(s, recipient_node, service, payload, **kw)
+        )
+        self.outbox_wakeup.set()
+        return result
+
+    async def ping(self, target: str) -> tuple[str, PingResult]:
+        """A signed round trip, logged like any other exchange; returns (message id, result)."""
+        from cccfed.v1 import federation_pb2
+        from federation import message_log as mlog
+        from federation.envelope import header_of
+        from node.store.ops import append_log
+
+        env = self.seal(target, federation_pb2.Ping(note=f"ping from {self.code}"))
+        mid = header_of(env).message_id
+        res: PingResult = await self.peers.call_with_retry(lambda: self.peers.ping(target, env))
+        now = self.clock()
+
+        def log_exchange(s: Session) -> None:
+            append_log(
+                s,
+                direction=mlog.SENT,
+                rtype=mlog.ENVELOPE,
+                message_id=mid,
+                peer_node=target,
+                data=env,
+                at=now,
+            )
+            append_log(
+                s,
+                direction=mlog.RECEIVED,
+                rtype=mlog.RECEIPT,
+                message_id=mid,
+                peer_node=target,
+                data=res.receipt.receipt_bytes,
+                at=now,
+            )
+
+        await self.writer.run(log_exchange)
+        return mid, res
+
+    # --- manifest ---------------------------------------------------------------------------
+
+    def _record_manifest(self) -> None:
+        tm = self.trust.current
+        self.writer.submit(
+            lambda s: record_manifest(s, serial=tm.serial, signed=tm.raw, now=self.clock())
+        ).result()
+
+    async def refresh_manifest(self) -> None:
+        """Adopt a newer manifest from the file or from any peer that has one."""
+        if self.trust.refresh_from_file(self.clock()) is not None:
+            await self.writer.run(self._record)
+        for code in list(self.trust.current.members):
+            if code == self.code:
+                continue
+            try:
+                raw = await self.peers.get_manifest(code, self.trust.current.serial)
+                if self.trust.adopt(raw, self.clock()) is not None:
+                    await self.writer.run(self._record)
+            except FederationError as e:
+                log.debug("manifest from %s not taken: %s", code, e)
+
+    def _record(self, s: Session) -> bool:
+        tm = self.trust.current
+        return record_manifest(s, serial=tm.serial, signed=tm.raw, now=self.clock())
+
+    def health_problems(self) -> list[str]:
+        """Why this node should not serve (empty when healthy)."""
+        now = self.clock()
+        problems = []
+        tm = self.trust.current
+        if tm.is_expired(now):
+            problems.append(f"manifest serial {tm.serial} expired at {tm.expires_at.isoformat()}")
+        problems += tm.own_certificate_status(self.code, now)
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except Exception as e:  # noqa: BLE001 - any store failure means NOT_SERVING
+            problems.append(f"store unreachable: {type(e).__name__}")
+        return problems
+
+    # --- serving ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from node.delivery import DeliveryWorker
+        from node.server import build_server
+
+        self._server, self._health = build_server(self)
+        await self._server.start()
+        await self._update_health()
+        self.worker = DeliveryWorker(self)
+        self._tasks = [
+            asyncio.create_task(self.worker.run(), name="delivery"),
+            asyncio.create_task(self._housekeeping(), name="housekeeping"),
+        ]
+        log.info("node %s serving on port %d", self.code, self.bound_port)
+
+    async def _update_health(self) -> None:
+        from node.server import NOT_SERVING, SERVING
+
+        problems = await asyncio.to_thread(self.health_problems)
+        status = NOT_SERVING if problems else SERVING
+        for p in problems:
+            log.error("NOT_SERVING: %s", p)
+        await self._health.set("", status)
+        for svc in (
+            "cccfed.v1.FederationService",
+            "cccfed.v1.AssistanceService",
+            "cccfed.v1.ExpertExchangeService",
+            "cccfed.v1.RecognitionService",
+        ):
+            await self._health.set(svc, status)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.manifest_refresh_seconds)
+            try:
+                await self.refresh_manifest()
+                await self._update_health()
+            except FederationError as e:
+                log.warning("housekeeping: %s", e.diagnostics())
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self._server is not None:
+            await self._server.stop(grace)
+        await self.peers.close()
+        self.writer.close()
+        self.engine.dispose()
+
+    def close(self) -> None:
+        """Release store resources of a node that never started serving."""
+        self.writer.close()
+        self.engine.dispose()
+
+
+async def serve(cfg: NodeConfig, *, ready: Callable[[Node], None] | None = None) -> None:
+    """Run a node until SIGTERM or SIGINT, then shut down gracefully."""
+    node = Node(cfg)
+    await node.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready:
+        ready(node)
+    await stop.wait()
+    log.info("node %s shutting down", node.code)
+    await node.stop()

@@ -1,0 +1,205 @@
+"""The gRPC edge of a node (grpc.aio): mutual TLS, peer identity, envelope intake, health.
+
+Order of checks for every call:
+1. TLS (grpc core): the client must present a certificate chaining to the federation CA.
+2. :class:`PeerIdentityInterceptor`: that exact certificate must be listed in the manifest for a
+   member, unrevoked and valid; it names the calling node (UNAUTHENTICATED otherwise).
+3. The servicer hands the request *bytes* to :func:`federation.envelope.open_envelope`, which
+   verifies them exactly as received, then commits through the inbox and only then answers with
+   the signed receipt. Every refusal carries a status and a machine-readable reason and happens
+   before any state change.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from federation.envelope import open_envelope
+from federation.errors import FederationError
+from node.client import channel_options
+from node.status import code_for, error_trailers
+from node.store.ops import inbox_accept
+
+if TYPE_CHECKING:
+    from node.runtime import Node
+
+log = logging.getLogger(__name__)
+
+CURRENT_PEER: contextvars.ContextVar[str] = contextvars.ContextVar("cccfed_peer")
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], err: FederationError, message_id: str = ""
+) -> None:
+    code = code_for(err)
+    await context.abort(
+        code, str(err), trailing_metadata=error_trailers(code, err.reason, str(err), message_id)
+    )
+
+
+def peer_certificate_der(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
+    auth = context.auth_context()
+    pems = auth.get("x509_pem_cert") or []
+    if not pems:
+        return None
+    cert = x509.load_pem_x509_certificate(pems[0])
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+class PeerIdentityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Turns the verified TLS peer certificate into a member code, or refuses the call."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if (
+            handler is None
+            or handler.unary_unary is None
+            or details.method.startswith(HEALTH_PREFIX)
+        ):
+            return handler
+        inner = handler.unary_unary
+        node = self.node
+
+        async def identified(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                der = peer_certificate_der(context)
+                if der is None:
+                    raise FederationError("no client certificate", reason="NO_PEER_CERTIFICATE")
+                info = node.trust.current.peer_for_tls_cert(der, node.clock())
+            except FederationError as e:
+                node.metrics_rejection(e.reason)
+                log.warning("refused call %s: %s", details.method, e.diagnostics())
+                await abort(context, e)
+                raise  # unreachable: abort raises
+            token = CURRENT_PEER.set(info.member)
+            try:
+                return await inner(request, context)
+            finally:
+                CURRENT_PEER.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            identified,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+class EnvelopeIntake:
+    """Receives envelopes for one service: verify bytes, commit once, answer with the receipt."""
+
+    def __init__(self, node: Node, service: str) -> None:
+        self.node = node
+        self.service = service
+
+    async def __call__(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        node = self.node
+        peer = CURRENT_PEER.get()
+        message_id = ""
+        try:
+            opened = open_envelope(
+                raw,
+                node.trust.current,
+                self_node=node.code,
+                peer_node=peer,
+                now=node.clock(),
+                policy=node.policy,
+                allowed_kinds=node.kinds_for(self.service),
+            )
+            message_id = opened.message_id
+            apply = node.handler_for(opened.kind)
+            receipt: bytes = await node.writer.run(
+                lambda s: inbox_accept(
+                    s,
+                    opened,
+                    signer=node.signer,
+                    self_node=node.code,
+                    now=node.clock(),
+                    apply=apply,
+                )
+            )
+        except FederationError as e:
+            node.metrics_rejection(e.reason)
+            log.info(
+                "refused envelope from %s: %s",
+                peer,
+                e.diagnostics(),
+                extra={"message_id": message_id},
+            )
+            await abort(context, e, message_id)
+            raise
+        node.on_received(opened)
+        return receipt
+
+
+def build_server(node: Node) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    opts = channel_options(node.cfg.limits.max_message_bytes)
+    server = grpc.aio.server(interceptors=[PeerIdentityInterceptor(node)], options=opts)
+
+    def rpc(fn: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            fn, request_deserializer=_identity, response_serializer=_identity
+        )
+
+    async def manifest(_req: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        return node.trust.current.raw
+
+    handlers = {
+        "cccfed.v1.FederationService": {
+            "Ping": rpc(EnvelopeIntake(node, "federation")),
+            "GetManifest": rpc(manifest),
+        },
+        "cccfed.v1.AssistanceService": {"Deliver": rpc(EnvelopeIntake(node, "assistance"))},
+        "cccfed.v1.ExpertExchangeService": {
+            "Deliver": rpc(EnvelopeIntake(node, "expert_exchange"))
+        },
+        "cccfed.v1.RecognitionService": {"Deliver": rpc(EnvelopeIntake(node, "recognition"))},
+    }
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler(name, methods) for name, methods in handlers.items()]
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+
+    def fetch_tls() -> grpc.ServerCertificateConfiguration | None:
+        new = node.tls.changed()
+        if new is None:
+            return None
+        return grpc.ssl_server_certificate_configuration(
+            [(new.key_pem, new.cert_pem)], root_certificates=new.ca_pem
+        )
+
+    ident = node.tls.current
+    creds = grpc.dynamic_ssl_server_credentials(
+        grpc.ssl_server_certificate_configuration(
+            [(ident.key_pem, ident.cert_pem)], root_certificates=ident.ca_pem
+        ),
+        fetch_tls,
+        require_client_authentication=True,
+    )
+    port = server.add_secure_port(node.cfg.listen, creds)
+    node.bound_port = port
+    return server, health_servicer
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -1,0 +1,1 @@
+"""The node's local store: SQLite by default, PostgreSQL in production, through SQLAlchemy."""

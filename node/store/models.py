@@ -1,0 +1,118 @@
+"""Tables of the node store (SQLModel). Instants are stored as UTC.
+
+Schema changes go through Alembic migrations in ``node/store/migrations``; a test checks that
+upgrading an empty database reaches exactly this metadata.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import DateTime, LargeBinary, TypeDecorator
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every backend.
+
+    SQLite has no time zone type, so values are normalised to UTC and stored naive; PostgreSQL
+    stores ``timestamp with time zone``.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; instants must be UTC-aware")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utc_field(*, nullable: bool = False, index: bool = False) -> Any:
+    return Field(
+        default=None if nullable else ..., sa_type=UTCDateTime, nullable=nullable, index=index
+    )
+
+
+class Inbox(SQLModel, table=True):
+    """Every envelope this node accepted, with the receipt it answered (idempotency record)."""
+
+    __tablename__ = "inbox"
+
+    message_id: str = Field(primary_key=True, max_length=36)
+    sender_node: str = Field(index=True, max_length=6)
+    kind: str = Field(max_length=128)
+    envelope_sha256: bytes = Field(sa_type=LargeBinary)
+    envelope: bytes = Field(sa_type=LargeBinary)
+    receipt: bytes = Field(sa_type=LargeBinary)
+    received_at: datetime = utc_field(index=True)
+
+
+class Outbox(SQLModel, table=True):
+    """Envelopes to deliver, committed in the same transaction as the change that sends them."""
+
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(unique=True, max_length=36)
+    recipient_node: str = Field(index=True, max_length=6)
+    service: str = Field(max_length=32)
+    kind: str = Field(max_length=128)
+    envelope: bytes = Field(sa_type=LargeBinary)
+    #: queued | sending | retry | delivered | failed
+    state: str = Field(index=True, max_length=16)
+    attempts: int = 0
+    created_at: datetime = utc_field()
+    next_attempt_at: datetime = utc_field(index=True)
+    lease_until: datetime | None = utc_field(nullable=True)
+    claimed_by: str | None = Field(default=None, max_length=64)
+    last_error: str | None = None
+    fail_reason: str | None = Field(default=None, max_length=64)
+    delivered_at: datetime | None = utc_field(nullable=True)
+    receipt: bytes | None = Field(default=None, sa_type=LargeBinary)
+    #: The receiver's receive time from the verified receipt (starts reply periods).
+    received_at: datetime | None = utc_field(nullable=True)
+
+
+class MessageLog(SQLModel, table=True):
+    """The hash-chained log of every envelope and receipt sent or received, as exact bytes."""
+
+    __tablename__ = "message_log"
+
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    #: A serialized cccfed.v1.LogRecord.
+    record: bytes = Field(sa_type=LargeBinary)
+    record_hash: bytes = Field(sa_type=LargeBinary)
+    message_id: str = Field(index=True, max_length=36)
+    recorded_at: datetime = utc_field(index=True)
+
+
+class LogHead(SQLModel, table=True):
+    """One row: the last sequence number and hash of the message log (the append lock)."""
+
+    __tablename__ = "log_head"
+
+    id: int = Field(default=1, primary_key=True)
+    seq: int = 0
+    record_hash: bytes = Field(sa_type=LargeBinary)
+
+
+class ManifestHistory(SQLModel, table=True):
+    """Every manifest this node accepted, kept so old signatures verify offline."""
+
+    __tablename__ = "manifests"
+
+    serial: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    signed: bytes = Field(sa_type=LargeBinary)
+    accepted_at: datetime = utc_field()
