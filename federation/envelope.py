@@ -199,7 +199,10 @@ def open_envelope(
             reason="SENDER_MISMATCH",
         )
     # 8. Freshness: the sender's clock may lead ours by the skew; age is bounded by policy.
-    created = header.created_at.ToDatetime(tzinfo=UTC)
+    try:
+        created = header.created_at.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as e:
+        raise VerificationError("created_at is not a valid timestamp", reason="MALFORMED") from e
     if created > now + policy.max_clock_skew:
         raise VerificationError(
             f"created_at {created.isoformat()} is ahead of this node's clock by more than "
@@ -275,6 +278,10 @@ def verify_receipt(
             reason="RECEIPT_SIGNER_MISMATCH",
         )
     verify(key.public_key, receipt.signature, CTX_RECEIPT, receipt.body, what="receipt signature")
+    try:
+        body.received_at.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as e:
+        raise VerificationError("received_at is not a valid timestamp", reason="MALFORMED") from e
     env = envelope_pb2.Envelope()
     _parse(env, envelope_bytes, "envelope")
     if body.envelope_sha256 != sha256(envelope_bytes) or body.header_sha256 != sha256(env.header):

@@ -174,8 +174,8 @@ def load_manifest(
     3. Parse the inner Manifest; check version, serial not older than ``min_serial`` (rollback),
        and not expired at ``now`` (``None`` skips the expiry check: historic manifests kept to
        verify old signatures offline).
-    4. For every listed certificate: check that the DER hashes to the listed fingerprint, that the
-       CA issued it, and that its validity matches the listing; build the indexes.
+    4. For every listed certificate: check that the DER hashes to the listed fingerprint and that
+       the CA issued it; validity is taken from the certificate itself. Build the indexes.
     """
     # 1.
     signed = manifest_pb2.SignedManifest()

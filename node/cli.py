@@ -290,7 +290,7 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
         q = q.where(OUTBOX.c.state == args.state)
     with engine.connect() as conn:
         rows = conn.execute(q.limit(args.limit)).all()
-        counts = dict(
+        counts: dict[str, int] = dict(
             conn.execute(select(OUTBOX.c.state, func.count()).group_by(OUTBOX.c.state)).all()
         )
     engine.dispose()

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from tenacity import RetryCallState, wait_random_exponential
 
 from federation.errors import FederationError, VerificationError
+from node.faults import failpoint
 from node.status import is_transient
 from node.store.ops import (
     Claimed,
@@ -98,6 +99,7 @@ class DeliveryWorker:
     async def _deliver(self, c: Claimed) -> None:
         node = self.node
         dl = node.cfg.delivery
+        failpoint("after_claim")
         try:
             vr = await node.peers.deliver_verified(c.recipient_node, c.service, c.envelope)
         except FederationError as e:
@@ -128,6 +130,7 @@ class DeliveryWorker:
                     lambda s: outbox_failed(s, row_id=c.id, reason=reason, error=error)
                 )
             return
+        failpoint("after_send")
         await node.writer.run(
             lambda s: outbox_delivered(
                 s,

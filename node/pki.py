@@ -356,7 +356,7 @@ def init_federation(
 ) -> manifest_pb2.Manifest:
     """Create a new federation directory: CA, per-node keys and certificates, signed manifest."""
     now = now or datetime.now(UTC)
-    nodes = list(nodes or DEFAULT_NODES)
+    nodes = list(DEFAULT_NODES if nodes is None else nodes)
     _validate_codes(nodes)
     fed = FederationDir(root)
     if fed.state_path.exists():

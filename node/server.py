@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from federation.envelope import open_envelope
 from federation.errors import FederationError
 from node.client import channel_options
+from node.faults import failpoint
 from node.status import code_for, error_trailers
 from node.store.ops import inbox_accept
 
@@ -147,6 +148,7 @@ class EnvelopeIntake:
             )
             await abort(context, e, message_id)
             raise
+        failpoint("after_receive_commit")
         node.on_received(opened)
         return receipt
 

@@ -8,19 +8,12 @@ manifest (expires NOW + 30 days) are all valid at NOW. Tests that need to change
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-
-# The generated protobuf package ``cccfed`` lives at the project root; an editable install made
-# before it existed does not map it, so make the root importable when it is not.
-if importlib.util.find_spec("cccfed") is None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from federation.crypto import Signer
 from federation.manifest import TrustedManifest, load_manifest

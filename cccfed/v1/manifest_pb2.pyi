@@ -95,7 +95,9 @@ class Member(_message.Message):
 
     @_builtins.property
     def bureaus(self) -> _containers.RepeatedCompositeFieldContainer[Global___Bureau]:
-        """City/district bureaus under this province (GB/T 2260 codes), the province's own code included."""
+        """City/district bureaus under this province (GB/T 2260 codes). The province's own code is
+        always served by its node and need not be listed.
+        """
 
     def __init__(
         self,
