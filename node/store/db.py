@@ -80,6 +80,9 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (idempotent)."""
     try:
         with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                # Replicas of one node may start together: one migrates, the others wait.
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242001)")
             command.upgrade(alembic_config(conn), revision)
     except OperationalError as e:
         raise StoreError(f"cannot migrate the store: {e.orig}") from e
@@ -145,11 +148,22 @@ class Writer:
                     stop = True
                     break
                 batch.append(nxt)
-            self._run_batch(batch)
+            try:
+                self._run_batch(batch)
+            except Exception:  # the writer must never die: every later commit depends on it
+                log.exception("store writer: unexpected error in a batch")
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(StoreError("store writer failed; see the node log"))
             if stop:
                 return
 
     def _run_batch(self, batch: list[tuple[Callable[[Session], Any], Future[Any]]]) -> None:
+        # A job whose caller went away before it started (a cancelled RPC) is dropped; once a
+        # job runs, its future can no longer be cancelled, so its result is always deliverable.
+        batch = [(fn, fut) for fn, fut in batch if fut.set_running_or_notify_cancel()]
+        if not batch:
+            return
         results: list[tuple[bool, Any]] = []
         try:
             with Session(self.engine, expire_on_commit=False) as s, s.begin():

@@ -301,6 +301,31 @@ def test_inclusion_rejects_malformed_hashes() -> None:
     )
 
 
+def test_rejections_say_what_is_wrong() -> None:
+    """The one-line diagnostics name the problem, not just "failed"."""
+    leaf, proof, root = LEAF_HASHES[5], inclusion_proof(LEAF_HASHES, 5, 8), ROOTS[7]
+    cases: list[tuple[Callable[[], None], str]] = [
+        (lambda: verify_inclusion(leaf, 5, 8, [*proof, root], root), "more than the path"),
+        (lambda: verify_inclusion(leaf, 5, 8, proof[:-1], root), "too short"),
+        (lambda: verify_inclusion(leaf, 5, 8, proof, ROOTS[6]), "does not lead to the root"),
+        (lambda: verify_inclusion(leaf, 8, 8, proof, root), "outside 0..7"),
+    ]
+    cproof = consistency_proof(LEAF_HASHES, 6, 8)
+    cases += [
+        (lambda: verify_consistency(6, 8, ROOTS[5], root, [*cproof, root]), "too long"),
+        (lambda: verify_consistency(6, 8, ROOTS[5], root, cproof[:-1]), "too short"),
+        (lambda: verify_consistency(6, 8, ROOTS[4], root, cproof), "old root"),
+        (lambda: verify_consistency(6, 8, ROOTS[5], ROOTS[6], cproof), "new root"),
+        (lambda: verify_consistency(8, 6, root, ROOTS[5], []), "shrank"),
+        (lambda: verify_consistency(6, 8, ROOTS[5], root, []), "empty consistency proof"),
+    ]
+    for call, words in cases:
+        with pytest.raises(VerificationError) as err:
+            call()
+        assert words in str(err.value)
+        assert err.value.reason in err.value.diagnostics()
+
+
 def test_inclusion_proof_does_not_bind_the_size() -> None:
     """Documented limitation (RFC 6962): leaf 0's path has the same shape in trees of 3 and 4.
 

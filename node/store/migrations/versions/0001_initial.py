@@ -32,13 +32,15 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_inbox_received_at"), ["received_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_inbox_sender_node"), ["sender_node"], unique=False)
 
-    op.create_table(
+    log_head = op.create_table(
         "log_head",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("seq", sa.Integer(), nullable=False),
         sa.Column("record_hash", sa.LargeBinary(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
+    # The head row exists from the start: replicas appending to the log lock it, never insert it.
+    op.bulk_insert(log_head, [{"id": 1, "seq": 0, "record_hash": bytes(32)}])
     op.create_table(
         "manifests",
         sa.Column("serial", sa.Integer(), autoincrement=False, nullable=False),
