@@ -288,6 +288,14 @@ def verify_receipt(
         raise VerificationError(
             "receipt does not cover the envelope that was sent", reason="RECEIPT_MISMATCH"
         )
+    header = envelope_pb2.Header()
+    _parse(header, env.header, "envelope header")
+    if body.message_id != header.message_id or body.sender_node != header.sender_node:
+        raise VerificationError(
+            "receipt names another message or sender", reason="RECEIPT_MISMATCH"
+        )
+    if body.status != envelope_pb2.RECEIPT_STATUS_ACCEPTED:
+        raise VerificationError(f"receipt status {body.status} is not ACCEPTED", reason="MALFORMED")
     return VerifiedReceipt(receipt_bytes=receipt_bytes, body=body)
 
 

@@ -138,16 +138,26 @@ class TrustedManifest:
             )
         return info
 
-    def own_certificate_status(self, code: str, at: datetime) -> list[str]:
-        """Problems with ``code``'s listed certificates (empty when all is well)."""
+    def own_certificate_status(
+        self, code: str, tls_cert_der: bytes, signing_key_id: str, at: datetime
+    ) -> list[str]:
+        """Problems with the certificates ``code`` is actually using (empty when all is well).
+
+        Only the certificates in use count: a superseded certificate that stays listed after a
+        renewal, or is revoked later, does not make a healthy node unhealthy.
+        """
         problems = []
-        for info in self.keys.values():
-            if info.member != code:
+        for what in ("TLS", "signing"):
+            try:
+                if what == "TLS":
+                    info = self.peer_for_tls_cert(tls_cert_der, at)
+                else:
+                    info = self.signing_key(signing_key_id, at)
+            except VerificationError as e:
+                problems.append(f"{what} certificate in use: {e} [{e.reason}]")
                 continue
-            if info.serial in self.revoked:
-                problems.append(f"{info.purpose} certificate {info.serial} revoked")
-            elif at >= info.not_after:
-                problems.append(f"{info.purpose} certificate {info.serial} expired")
+            if info.member != code:
+                problems.append(f"{what} certificate in use belongs to {info.member}, not {code}")
         return problems
 
 

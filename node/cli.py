@@ -278,13 +278,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox_list(args: argparse.Namespace) -> int:
-    from node.store.db import make_engine
+    from node.store.db import make_engine, reader
     from node.store.ops import OUTBOX, STATES
 
     if args.state and args.state not in STATES:
         raise ValidationError(f"--state must be one of {', '.join(STATES)}")
     cfg = load_config(_config_path(args))
-    engine = make_engine(cfg.store_url)
+    engine = reader(make_engine(cfg.store_url))
     q = select(OUTBOX).order_by(OUTBOX.c.id)
     if args.state:
         q = q.where(OUTBOX.c.state == args.state)
@@ -362,11 +362,11 @@ def cmd_outbox_retry(args: argparse.Namespace) -> int:
 
 def cmd_log_verify(args: argparse.Namespace) -> int:
     from node.logbundle import verify_store
-    from node.store.db import make_engine
+    from node.store.db import make_engine, reader
     from node.trust import load_ca
 
     cfg = load_config(_config_path(args))
-    engine = make_engine(cfg.store_url)
+    engine = reader(make_engine(cfg.store_url))
     try:
         result = verify_store(engine, load_ca(cfg.ca_cert), cfg.code)
     finally:
@@ -383,10 +383,10 @@ def cmd_log_verify(args: argparse.Namespace) -> int:
 def cmd_log_export(args: argparse.Namespace) -> int:
     from federation.crypto import Signer
     from node.logbundle import export_bundle
-    from node.store.db import make_engine
+    from node.store.db import make_engine, reader
 
     cfg = load_config(_config_path(args))
-    engine = make_engine(cfg.store_url)
+    engine = reader(make_engine(cfg.store_url))
     signer = Signer.from_pem(cfg.sign_key.read_bytes(), cfg.sign_cert.read_bytes())
     try:
         index = export_bundle(
@@ -411,11 +411,17 @@ def cmd_log_export(args: argparse.Namespace) -> int:
 
 def cmd_log_verify_bundle(args: argparse.Namespace) -> int:
     from node.logbundle import verify_bundle
+    from node.trust import load_ca
 
-    index, result = verify_bundle(Path(args.bundle))
+    expected = load_ca(Path(args.ca)) if args.ca else None
+    index, result = verify_bundle(Path(args.bundle), expected_ca=expected)
+    if not args.json:
+        print(
+            f"federation CA sha256 {index['ca_sha256']}" + (" (matches --ca)" if expected else "")
+        )
     _say(
         args,
-        {"ok": True, "node": index["node"], **result.as_dict()},
+        {"ok": True, "node": index["node"], "ca_sha256": index["ca_sha256"], **result.as_dict()},
         f"bundle OK: node {index['node']}, {result.records} records ({result.envelopes} envelopes, "
         f"{result.receipts} receipts), seq {index['first_seq']}–{index['last_seq']}",
     )
@@ -523,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
         lg, "verify-bundle", cmd_log_verify_bundle, "check a bundle offline (no node, no database)"
     )
     sp.add_argument("bundle")
+    sp.add_argument("--ca", help="the federation CA certificate to require (PEM)")
 
     sp = add(sub, "demo", cmd_demo, "run the four-province demo", json=False)
     sp.add_argument("--dir")

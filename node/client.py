@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from cccfed.v1 import federation_pb2, manifest_pb2
+from cccfed.v1 import federation_pb2
 from federation.envelope import VerifiedReceipt, verify_receipt
 from node.status import RemoteError, from_rpc_error, is_transient
 from node.trust import ManifestHolder, TlsFiles
@@ -54,6 +54,21 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     ]
 
 
+def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    limit = max_message_bytes + 64 * 1024
+    return [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        # Accept the clients' keepalive pings (every 30 s, also when idle) instead of answering
+        # them with GOAWAY "too_many_pings".
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+    ]
+
+
 @dataclass(frozen=True)
 class PingResult:
     receipt: VerifiedReceipt
@@ -84,8 +99,7 @@ class PeerPool:
 
     def channel(self, peer: str) -> grpc.aio.Channel:
         member = self.trust.current.member(peer)
-        self.tls.changed()
-        ident = self.tls.current
+        ident = self.tls.refresh()
         cached = self._channels.get(peer)
         if cached and cached[1] == member.endpoint and cached[2] == ident.stamp:
             return cached[0]
@@ -145,8 +159,7 @@ class PeerPool:
             )
         except grpc.RpcError as e:
             raise from_rpc_error(peer, e) from e
-        manifest_pb2.SignedManifest.FromString(raw)  # must at least parse; verified by caller
-        return raw
+        return raw  # verified by ManifestHolder.adopt before any use
 
     async def health(self, peer: str) -> tuple[str, float]:
         """(SERVING | NOT_SERVING | …, round trip seconds) of a peer's overall health."""

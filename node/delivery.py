@@ -52,6 +52,13 @@ class DeliveryWorker:
         self.node = node
         self.inflight: set[asyncio.Task[None]] = set()
         self.delivered = 0
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Ask the loop to finish (a flag, not only cancellation: Python 3.11's wait_for can
+        swallow a cancellation that races with the event it waits for)."""
+        self.stopping = True
+        self.node.outbox_wakeup.set()
 
     async def run(self) -> None:
         node = self.node
@@ -62,7 +69,7 @@ class DeliveryWorker:
         if released:
             log.info("released %d message(s) left in flight by the previous run", released)
         try:
-            while True:
+            while not self.stopping:
                 free = dl.concurrency - len(self.inflight)
                 claimed: list[Claimed] = []
                 if free > 0:
@@ -85,7 +92,8 @@ class DeliveryWorker:
                 if not claimed:
                     node.outbox_wakeup.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(node.outbox_wakeup.wait(), dl.poll_seconds)
+                        async with asyncio.timeout(dl.poll_seconds):
+                            await node.outbox_wakeup.wait()
         finally:
             for t in list(self.inflight):
                 t.cancel()
@@ -143,3 +151,5 @@ class DeliveryWorker:
             )
         )
         self.delivered += 1
+        for cb in node.delivered_callbacks:
+            cb(c.message_id)

@@ -34,7 +34,7 @@ def step(title: str) -> None:
 
 
 def outbox_row(node: Node, message_id: str) -> dict[str, object]:
-    with node.engine.connect() as conn:
+    with node.reader.connect() as conn:
         r = conn.execute(select(OUTBOX).where(OUTBOX.c.message_id == message_id)).one()
     return dict(r._mapping)
 
@@ -90,7 +90,7 @@ async def _demo(fed: LocalFederation) -> None:
         step("5. Every node's hash-chained message log verifies (chain + every signature)")
         vrows = []
         for code, n in nodes.items():
-            r = verify_store(n.engine, n.ca, code)
+            r = verify_store(n.reader, n.ca, code)
             vrows.append((code, r.records, r.envelopes, r.receipts, r.last_hash[:16] + "…"))
         output.table(["node", "records", "envelopes", "receipts", "head"], vrows)
     finally:

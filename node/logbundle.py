@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from federation import message_log as mlog
-from federation.crypto import Signer, ec_public_key, verify
+from federation.crypto import Signer, ec_public_key, fingerprint, verify
 from federation.errors import VerificationError
 from node.store.ops import HEAD, LOG, MANIFESTS
 
@@ -140,8 +141,15 @@ def export_bundle(
     return index
 
 
-def verify_bundle(path: Path) -> tuple[dict[str, Any], VerifyResult]:
-    """Check a bundle with nothing but its own contents. Raises VerificationError."""
+def verify_bundle(
+    path: Path, *, expected_ca: x509.Certificate | None = None
+) -> tuple[dict[str, Any], VerifyResult]:
+    """Check a bundle with nothing but its own contents. Raises VerificationError.
+
+    The bundle carries its CA certificate; a verifier who has the federation CA from elsewhere
+    passes it as ``expected_ca`` so that a bundle re-made under another CA is refused. The CA
+    fingerprint is returned in the index (``ca_sha256``) for comparison by eye otherwise.
+    """
     try:
         z = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as e:
@@ -167,10 +175,15 @@ def verify_bundle(path: Path) -> tuple[dict[str, Any], VerifyResult]:
             first, last = index["first_seq"], index["last_seq"]
             seqs = range(first, last + 1) if first is not None else range(0)
             records = [(seq, z.read(f"records/{seq}.bin"), hashes.get(seq, b"")) for seq in seqs]
-        except (KeyError, ValueError, TypeError) as e:
+        except (KeyError, ValueError, TypeError, zipfile.BadZipFile, zlib.error) as e:
             raise VerificationError(
                 f"{path}: bundle is incomplete or malformed: {e}", reason="BUNDLE_MALFORMED"
             ) from e
+    if expected_ca is not None and expected_ca != ca:
+        raise VerificationError(
+            "bundle was made under another federation CA than the one given", reason="BUNDLE_CA"
+        )
+    index["ca_sha256"] = fingerprint(ca.public_bytes(serialization.Encoding.DER))
     ring = mlog.Keyring.from_manifests(manifests, ca)
     key = ring.keys.get(index.get("signing_key_id", ""))
     if key is None or key.member != index.get("node"):

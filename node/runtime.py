@@ -16,15 +16,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from google.protobuf.message import Message
 from sqlalchemy.orm import Session
 
 from federation.crypto import Signer
 from federation.envelope import Opened, Policy, kind_of, seal
-from federation.errors import ConfigError, FederationError
+from federation.errors import ConfigError, FederationError, ValidationError
 from node.client import PeerPool, PingResult
 from node.config import NodeConfig
-from node.store.db import Writer, make_engine, migrate
+from node.store.db import Writer, make_engine, migrate, reader
 from node.store.ops import Apply, outbox_enqueue, record_manifest
 from node.trust import ManifestHolder, TlsFiles, load_ca
 
@@ -81,6 +83,7 @@ class Node:
         self.engine = make_engine(cfg.store_url)
         if migrate_store:
             migrate(self.engine)
+        self.reader = reader(self.engine)
         self.writer = Writer(self.engine)
         self.registry = Registry()
         self.peers = PeerPool(
@@ -95,8 +98,11 @@ class Node:
         self.outbox_wakeup = asyncio.Event()
         self.rejections: dict[str, int] = {}
         self._received_callbacks: list[Callable[[Opened], None]] = []
+        #: Called with the message id after a verified receipt is committed.
+        self.delivered_callbacks: list[Callable[[str], None]] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: Any = None
+        self._stopping = False
         self._health: Any = None
         self._record_manifest()
 
@@ -127,8 +133,15 @@ class Node:
         correlation_id: str = "",
         message_id: str | None = None,
     ) -> bytes:
-        self.trust.current.member(recipient_node)
-        return seal(
+        tm = self.trust.current
+        tm.member(recipient_node)
+        if recipient_bureau and tm.node_for_bureau(recipient_bureau) != recipient_node:
+            raise ValidationError(
+                f"bureau {recipient_bureau} is served by {tm.node_for_bureau(recipient_bureau)}, "
+                f"not by {recipient_node}",
+                reason="WRONG_RECIPIENT",
+            )
+        env = seal(
             self.signer,
             sender_node=self.code,
             recipient_node=recipient_node,
@@ -139,6 +152,13 @@ class Node:
             correlation_id=correlation_id,
             message_id=message_id,
         )
+        if len(env) > self.policy.max_envelope_bytes:
+            raise ValidationError(
+                f"message of {len(env)} bytes exceeds the limit of "
+                f"{self.policy.max_envelope_bytes}",
+                reason="OVERSIZE",
+            )
+        return env
 
     def enqueue_in(
         self,
@@ -211,6 +231,20 @@ class Node:
     # --- manifest ---------------------------------------------------------------------------
 
     def _record_manifest(self) -> None:
+        # Never go back to an older manifest than one accepted before (a stale file on disk).
+        from sqlalchemy import select
+
+        from node.store.ops import MANIFESTS
+
+        with self.reader.connect() as conn:
+            newest = conn.execute(
+                select(MANIFESTS.c.signed).order_by(MANIFESTS.c.serial.desc()).limit(1)
+            ).first()
+        if newest is not None:
+            try:
+                self.trust.adopt(bytes(newest.signed), self.clock())
+            except FederationError as e:
+                log.warning("stored manifest not re-adopted: %s", e.diagnostics())
         tm = self.trust.current
         self.writer.submit(
             lambda s: record_manifest(s, serial=tm.serial, signed=tm.raw, now=self.clock())
@@ -234,6 +268,17 @@ class Node:
         tm = self.trust.current
         return record_manifest(s, serial=tm.serial, signed=tm.raw, now=self.clock())
 
+    def receipt_for_redelivery(self, raw: bytes, peer: str) -> bytes | None:
+        from federation.envelope import header_of
+        from node.store.ops import inbox_receipt_for_exact
+
+        try:
+            mid = header_of(raw).message_id
+        except FederationError:
+            return None
+        with self.reader.connect() as conn:
+            return inbox_receipt_for_exact(conn, message_id=mid, envelope=raw, sender_node=peer)
+
     def health_problems(self) -> list[str]:
         """Why this node should not serve (empty when healthy)."""
         now = self.clock()
@@ -241,9 +286,12 @@ class Node:
         tm = self.trust.current
         if tm.is_expired(now):
             problems.append(f"manifest serial {tm.serial} expired at {tm.expires_at.isoformat()}")
-        problems += tm.own_certificate_status(self.code, now)
+        tls_der = x509.load_pem_x509_certificate(self.tls.refresh().cert_pem).public_bytes(
+            serialization.Encoding.DER
+        )
+        problems += tm.own_certificate_status(self.code, tls_der, self.signer.key_id, now)
         try:
-            with self.engine.connect() as conn:
+            with self.reader.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
         except Exception as e:  # noqa: BLE001 - any store failure means NOT_SERVING
             problems.append(f"store unreachable: {type(e).__name__}")
@@ -282,17 +330,23 @@ class Node:
             await self._health.set(svc, status)
 
     async def _housekeeping(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.cfg.manifest_refresh_seconds)
             try:
                 await self.refresh_manifest()
+            except Exception:
+                log.exception("housekeeping: manifest refresh failed")
+            try:
                 await self._update_health()
-            except FederationError as e:
-                log.warning("housekeeping: %s", e.diagnostics())
+            except Exception:
+                log.exception("housekeeping: health update failed")
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        self._stopping = True
+        if hasattr(self, "worker"):
+            self.worker.stop()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

@@ -51,7 +51,9 @@ REASON_CODES: dict[str, grpc.StatusCode] = {
 }
 
 #: Statuses after which the same bytes may succeed later. Everything else is permanent.
-TRANSIENT_CODES = frozenset({C.UNAVAILABLE, C.DEADLINE_EXCEEDED, C.ABORTED, C.RESOURCE_EXHAUSTED})
+# RESOURCE_EXHAUSTED is not here: gRPC uses it for messages over the size limit, which no
+# amount of waiting fixes.
+TRANSIENT_CODES = frozenset({C.UNAVAILABLE, C.DEADLINE_EXCEEDED, C.ABORTED})
 #: Reasons that are permanent whatever their status.
 PERMANENT_REASONS = frozenset({"OVERSIZE"})
 

@@ -57,6 +57,12 @@ class ManifestHolder:
     def adopt(self, raw: bytes, now: datetime) -> TrustedManifest | None:
         """Adopt ``raw`` if it verifies and is newer; returns the new manifest or None."""
         tm = load_manifest(raw, self.ca, now=now, min_serial=self._current.serial)
+        if tm.serial == self._current.serial and tm.raw != self._current.raw:
+            log.error(
+                "two different manifests carry serial %d: keeping the one held; tell the "
+                "federation operator",
+                tm.serial,
+            )
         with self._lock:
             if tm.serial <= self._current.serial:
                 return None
@@ -115,15 +121,16 @@ class TlsFiles:
     def current(self) -> TlsIdentity:
         return self._current
 
-    def changed(self) -> TlsIdentity | None:
-        """A new identity if the files changed and form a valid pair, else None."""
+    def refresh(self) -> TlsIdentity:
+        """The current identity, re-read first if the files changed and form a valid pair.
+
+        Server and client each compare ``stamp`` with what they last used, so one consumer
+        noticing the change never hides it from the other.
+        """
         try:
-            if self._stamp() == self._current.stamp:
-                return None
-            new = self._load()
+            if self._stamp() != self._current.stamp:
+                self._current = self._load()
+                log.info("TLS certificate reloaded from %s", self.cert_path)
         except (OSError, ConfigError) as e:
             log.warning("TLS files not reloaded yet: %s", e)
-            return None
-        self._current = new
-        log.info("TLS certificate reloaded from %s", self.cert_path)
-        return new
+        return self._current

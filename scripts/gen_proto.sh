@@ -13,6 +13,7 @@ gen() {
   printf '"""Generated protobuf code for package cccfed.v1 (do not edit; see proto/)."""\n' \
     > "$out/cccfed/__init__.py"
   printf '"""Generated from proto/cccfed/v1 by scripts/gen_proto.sh."""\n' > "$out/cccfed/v1/__init__.py"
+  touch "$out/cccfed/py.typed"
 }
 if [ "${1:-}" = "--check" ]; then
   tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT

@@ -62,10 +62,20 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers take the lock up front; readers (see reader()) read a WAL snapshot and
+            # never queue behind the node's writer.
+            if conn.get_execution_options().get("cccfed_readonly"):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+
+
+def reader(engine: Engine) -> Engine:
+    """The same engine for read-only work (deferred BEGIN on SQLite)."""
+    return engine.execution_options(cccfed_readonly=True)
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -173,8 +183,18 @@ class Writer:
                         value = fn(s)
                         sp.commit()
                         results.append((True, value))
-                    except (FederationError, SQLAlchemyError, ValueError) as e:
+                    except FederationError as e:
                         sp.rollback()
+                        results.append((False, e))
+                    except SQLAlchemyError as e:
+                        # e.g. a unique key taken by a concurrent replica: try again later
+                        sp.rollback()
+                        err = StoreError(f"store: {type(e).__name__}: {e}".splitlines()[0])
+                        err.__cause__ = e
+                        results.append((False, err))
+                    except Exception as e:
+                        sp.rollback()
+                        log.exception("store writer: job failed")
                         results.append((False, e))
         except SQLAlchemyError as e:
             err = StoreError(f"store commit failed: {e}")

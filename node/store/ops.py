@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from federation import message_log as mlog
@@ -142,6 +143,28 @@ def inbox_accept(
         at=now,
     )
     return receipt
+
+
+def inbox_receipt_for_exact(
+    conn: Connection, *, message_id: str, envelope: bytes, sender_node: str
+) -> bytes | None:
+    """The receipt of exactly these bytes from this sender, if they were accepted before.
+
+    Lets a redelivery be answered with its original receipt even when re-verifying it now
+    would fail for reasons of time alone (too old, key expired or revoked since).
+    """
+    row = conn.execute(
+        select(INBOX.c.envelope_sha256, INBOX.c.receipt, INBOX.c.sender_node).where(
+            INBOX.c.message_id == message_id
+        )
+    ).first()
+    if (
+        row is None
+        or row.sender_node != sender_node
+        or bytes(row.envelope_sha256) != sha256(envelope)
+    ):
+        return None
+    return bytes(row.receipt)
 
 
 # --- outbox ------------------------------------------------------------------------------------

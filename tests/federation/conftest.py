@@ -153,8 +153,11 @@ def make_federation(root: Path, codes: list[str], *, extra_toml: str = FAST_DELI
     return Federation(root, codes)
 
 
+MakeFed = Callable[..., Federation]
+
+
 @pytest.fixture
-def federation(tmp_path: Path) -> Iterator[Callable[..., Federation]]:
+def federation(tmp_path: Path) -> Iterator[MakeFed]:
     made: list[Federation] = []
 
     def make(codes: list[str] | None = None, **kw: Any) -> Federation:

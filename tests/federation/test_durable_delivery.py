@@ -18,7 +18,7 @@ from node.config import load_config
 from node.logbundle import verify_store
 from node.runtime import Node
 from node.store.ops import LOG
-from tests.federation.conftest import Federation, wait_until
+from tests.federation.conftest import Federation, MakeFed, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +96,7 @@ def delivered(fed: Federation, code: str, n: int, config: Path | None = None) ->
 
 @pytest.mark.parametrize("point", ["after_claim=1", "after_send=5"])
 def test_sender_killed_between_commit_and_send_or_before_receipt_stored(
-    federation, point: str
+    federation: MakeFed, point: str
 ) -> None:
     fed = federation()
     receiver = fed.node("320000").start()
@@ -110,7 +110,7 @@ def test_sender_killed_between_commit_and_send_or_before_receipt_stored(
     assert_exactly_once(fed, "310000", "320000", ids)
 
 
-def test_receiver_killed_mid_stream(federation) -> None:
+def test_receiver_killed_mid_stream(federation: MakeFed) -> None:
     fed = federation()
     n = 300
     ids = enqueue(fed.config("310000"), "320000", n)
@@ -129,14 +129,16 @@ def test_receiver_killed_mid_stream(federation) -> None:
     assert_exactly_once(fed, "310000", "320000", ids)
 
 
-def test_recipient_down_then_back_and_permanent_rejection_does_not_block(federation) -> None:
+def test_recipient_down_then_back_and_permanent_rejection_does_not_block(
+    federation: MakeFed,
+) -> None:
     fed = federation()
     sender = fed.node("310000").start()
     ids = enqueue(fed.config("310000"), "320000", 20)
     # A Ping sent on the assistance service is refused for good (UNSUPPORTED_KIND).
     [bad] = enqueue(fed.config("310000"), "320000", 1, service="assistance")
     wait_until(lambda: fed.outbox_states("310000").get("retry", 0) >= 1, 30, "messages waiting")
-    assert fed.inbox_ids("320000") == [] if fed.engines.get(str(fed.config("320000"))) else True
+    assert fed.outbox_states("310000").get("delivered", 0) == 0  # nothing got through
     receiver = fed.node("320000").start()
     wait_until(lambda: delivered(fed, "310000", 20), 60, "drain after the recipient returns")
     wait_until(lambda: fed.outbox_states("310000").get("failed", 0) == 1, 30, "permanent failure")
@@ -150,7 +152,7 @@ def test_recipient_down_then_back_and_permanent_rejection_does_not_block(federat
 
 
 def test_two_replicas_on_one_postgresql_database_send_each_message_once(
-    federation, pg_schema
+    federation: MakeFed, pg_schema: str
 ) -> None:
     fed = federation()
     base = fed.config("310000")

@@ -13,6 +13,7 @@ with ``new_federation``; tests that only read trust share a module cluster.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import socket
 import ssl
@@ -231,21 +232,21 @@ async def raw_call(
     *,
     method: str = PING,
     options: Sequence[tuple[str, Any]] = (),
-    timeout: float = CALL_TIMEOUT,
+    deadline: float = CALL_TIMEOUT,
 ) -> Outcome:
     """One unary call on a fresh channel with identity serializers; never raises RpcError."""
     creds = channel_credentials(ca_pem, client)
     async with grpc.aio.secure_channel(endpoint, creds, options=list(options)) as ch:
         call = ch.unary_unary(method, request_serializer=_identity, response_deserializer=_identity)
         try:
-            resp: bytes = await call(data, timeout=timeout)
+            resp: bytes = await call(data, timeout=deadline)
         except grpc.aio.AioRpcError as e:
             return Outcome(e.code(), reason_from_metadata(e.trailing_metadata()), e.details() or "")
     return Outcome(grpc.StatusCode.OK, "", "", resp)
 
 
 async def health_check(
-    endpoint: str, ca_pem: bytes, client: TlsPair, *, service: str = "", timeout: float = 5.0
+    endpoint: str, ca_pem: bytes, client: TlsPair, *, service: str = "", deadline: float = 5.0
 ) -> tuple[grpc.StatusCode, str]:
     """(status code, serving status name) of the standard health service."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -253,7 +254,9 @@ async def health_check(
     async with grpc.aio.secure_channel(endpoint, channel_credentials(ca_pem, client)) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         try:
-            resp = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            resp = await stub.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=deadline
+            )
         except grpc.aio.AioRpcError as e:
             return e.code(), ""
     return grpc.StatusCode.OK, str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
@@ -311,6 +314,8 @@ class Cluster:
     fed: Federation
     runner: LoopRunner
     start_codes: Sequence[str] = ()
+    #: Override of the housekeeping interval (manifest refresh from file and peers).
+    manifest_refresh_seconds: float | None = None
     nodes: dict[str, Node] = field(default_factory=dict)
 
     def __enter__(self) -> Cluster:
@@ -338,7 +343,12 @@ class Cluster:
 
     def start(self, code: str) -> Node:
         async def start() -> Node:
-            node = Node(self.fed.config(code))
+            cfg = self.fed.config(code)
+            if self.manifest_refresh_seconds is not None:
+                cfg = dataclasses.replace(
+                    cfg, manifest_refresh_seconds=self.manifest_refresh_seconds
+                )
+            node = Node(cfg)
             self.nodes[code] = node  # registered first: a half-started node is still stopped
             await node.start()
             return node

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,14 +28,6 @@ from node.store.db import make_engine, migrate
 PG_URL = os.environ.get("CCCFED_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-@dataclass(frozen=True)
-class PgSchema:
-    """A private schema on the test server and the URL whose connections use it."""
-
-    name: str
-    url: str
 
 
 @pytest.fixture(scope="session")
@@ -57,17 +48,20 @@ def pg_admin() -> Iterator[Engine]:
 
 
 @pytest.fixture
-def pg_schema_factory(pg_admin: Engine) -> Iterator[Callable[[], PgSchema]]:
-    """``new()``: create a fresh schema; every schema made is dropped at teardown."""
+def pg_schema_factory(pg_admin: Engine) -> Iterator[Callable[[], tuple[str, str]]]:
+    """``new()``: create a fresh schema, returns ``(schema name, URL of connections using it)``.
+
+    Every schema made is dropped at teardown.
+    """
     made: list[str] = []
 
-    def new() -> PgSchema:
+    def new() -> tuple[str, str]:
         name = f"t_{uuid.uuid4().hex}"
         with pg_admin.begin() as conn:
             conn.execute(text(f'CREATE SCHEMA "{name}"'))
         made.append(name)
         sep = "&" if "?" in PG_URL else "?"
-        return PgSchema(name, f"{PG_URL}{sep}options=-csearch_path%3D{name}")
+        return name, f"{PG_URL}{sep}options=-csearch_path%3D{name}"
 
     yield new
     for name in made:
@@ -83,15 +77,13 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def store_url(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[str]:
+def store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """An empty store: a new SQLite file, or a new private PostgreSQL schema."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
-    factory: Callable[[], PgSchema] = request.getfixturevalue("pg_schema_factory")
-    yield factory().url
+    factory: Callable[[], tuple[str, str]] = request.getfixturevalue("pg_schema_factory")
+    yield factory()[1]
 
 
 @pytest.fixture

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -82,10 +83,11 @@ def test_downgrade_to_base_and_up_again(engine: Engine) -> None:
 
 
 @pytest.fixture
-def sqlite_engine(tmp_path: Path) -> Engine:
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
     engine = make_engine(f"sqlite:///{tmp_path}/pragmas.db")
     migrate(engine)
-    return engine
+    yield engine
+    engine.dispose()
 
 
 def test_sqlite_pragmas_in_force(sqlite_engine: Engine) -> None:
@@ -94,7 +96,6 @@ def test_sqlite_pragmas_in_force(sqlite_engine: Engine) -> None:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == 2  # FULL
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 30000
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
-    sqlite_engine.dispose()
 
 
 def test_sqlite_transactions_begin_immediate(sqlite_engine: Engine) -> None:
@@ -127,7 +128,6 @@ def test_sqlite_transactions_begin_immediate(sqlite_engine: Engine) -> None:
     finally:
         first.close()
         second.close()
-        sqlite_engine.dispose()
 
 
 # --- UTC instants ------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cccfed.v1 import federation_pb2, log_pb2
@@ -29,7 +30,7 @@ from federation.envelope import (
 )
 from federation.errors import ValidationError
 from federation.manifest import TrustedManifest
-from node.store.db import Writer, transaction
+from node.store.db import StoreError, Writer, transaction
 from node.store.ops import (
     DELIVERED,
     FAILED,
@@ -65,6 +66,20 @@ LEASE = timedelta(seconds=60)
 def count(engine: Engine, table: Any) -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def peek_count(engine: Engine, table: str) -> int:
+    """Count rows outside any transaction of ours (a SQLite reader must not BEGIN IMMEDIATE)."""
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute(f"SELECT count(*) FROM {table}")
+        row = cur.fetchone()
+        assert row is not None
+        raw.rollback()
+        return int(row[0])
+    finally:
+        raw.close()
 
 
 def log_rows(engine: Engine) -> list[tuple[int, bytes, bytes]]:
@@ -129,7 +144,7 @@ def writer(engine: Engine) -> Iterator[Writer]:
 # --- Writer ------------------------------------------------------------------------------------
 
 
-def _insert_manifest(serial: int, now: datetime) -> Any:
+def _insert_manifest(serial: int, now: datetime) -> Callable[[Session], tuple[int, int]]:
     def job(s: Session) -> tuple[int, int]:
         record_manifest(s, serial=serial, signed=b"m%d" % serial, now=now)
         return serial, id(s)
@@ -159,7 +174,9 @@ def test_writer_batch_commits_good_jobs_and_isolates_a_failing_one(
     for serial in range(1, 21):
         futures.append(writer.submit(failing if serial == 7 else _insert_manifest(serial, now)))
     seen_at_resolution: list[int] = []
-    futures[0].add_done_callback(lambda _f: seen_at_resolution.append(count(other_engine, MANIFESTS)))
+    futures[0].add_done_callback(
+        lambda _f: seen_at_resolution.append(count(other_engine, MANIFESTS))
+    )
     assert not any(f.done() for f in futures)
     gate.set()
 
@@ -203,27 +220,75 @@ def test_writer_returns_store_errors_per_job(writer: Writer, engine: Engine, now
 
     bad = writer.submit(raw_duplicate)
     good = writer.submit(_insert_manifest(2, now))
-    assert bad.exception(10) is not None
+    err = bad.exception(10)
+    assert isinstance(err, StoreError) and err.reason == "STORE"  # transient: UNAVAILABLE
+    assert isinstance(err.__cause__, IntegrityError)
     assert good.result(10)[0] == 2
     assert count(engine, MANIFESTS) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: node/store/db.py Writer._run_batch only catches (FederationError, "
-    "SQLAlchemyError, ValueError) per job; any other exception (e.g. RuntimeError, KeyError) "
-    "escapes the batch, kills the writer thread and leaves every future of the batch (and all "
-    "later jobs) unresolved forever",
-)
-def test_writer_survives_an_unexpected_exception(writer: Writer, engine: Engine, now: datetime) -> None:
+def _blocked(writer: Writer) -> threading.Event:
+    """Hold the writer busy in a batch until the returned event is set."""
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def blocker(s: Session) -> None:
+        entered.set()
+        assert gate.wait(10)
+
+    writer.submit(blocker)
+    assert entered.wait(10)
+    return gate
+
+
+def test_writer_survives_an_unexpected_exception(
+    writer: Writer, engine: Engine, now: datetime
+) -> None:
     def boom(s: Session) -> None:
         raise RuntimeError("a bug in a job")
 
-    bad = writer.submit(boom)
-    exc = bad.exception(3)
-    assert isinstance(exc, RuntimeError)
-    assert writer.submit(_insert_manifest(1, now)).result(3)[0] == 1
+    assert writer.submit(boom).exception(10) is not None
+    assert writer.submit(_insert_manifest(1, now)).result(10)[0] == 1
     assert count(engine, MANIFESTS) == 1
+
+
+def test_writer_unexpected_exception_spares_its_batch_neighbours(
+    writer: Writer, engine: Engine, now: datetime
+) -> None:
+    def boom(s: Session) -> None:
+        record_manifest(s, serial=99, signed=b"never", now=now)
+        raise KeyError("a bug in a job")
+
+    gate = _blocked(writer)
+    before = writer.submit(_insert_manifest(1, now))
+    bad = writer.submit(boom)
+    after = writer.submit(_insert_manifest(2, now))
+    gate.set()
+    assert bad.exception(10) is not None
+    assert before.result(10)[0] == 1
+    assert after.result(10)[0] == 2
+    with engine.connect() as conn:
+        assert list(
+            conn.execute(select(MANIFESTS.c.serial).order_by(MANIFESTS.c.serial)).scalars()
+        ) == [1, 2]
+
+
+def test_writer_drops_cancelled_jobs(writer: Writer, engine: Engine, now: datetime) -> None:
+    ran: list[int] = []
+
+    def job(s: Session) -> None:
+        ran.append(1)
+        record_manifest(s, serial=1, signed=b"m", now=now)
+
+    gate = _blocked(writer)
+    cancelled = writer.submit(job)
+    assert cancelled.cancel()
+    kept = writer.submit(_insert_manifest(2, now))
+    gate.set()
+    assert kept.result(10)[0] == 2
+    assert ran == []
+    with engine.connect() as conn:
+        assert list(conn.execute(select(MANIFESTS.c.serial)).scalars()) == [2]
 
 
 # --- append_log --------------------------------------------------------------------------------
@@ -375,7 +440,7 @@ def test_inbox_apply_runs_in_the_same_transaction(
         calls.append((s, opened.message_id, at))
         enqueue(s, at, 1)
         # Not committed yet: another connection sees nothing of this transaction.
-        assert count(other_engine, OUTBOX) == 0
+        assert peek_count(other_engine, "outbox") == 0
 
     with transaction(engine) as s:
         inbox_accept(s, received, signer=sh, self_node=SH, now=now, apply=apply_ok)
@@ -391,7 +456,12 @@ def test_inbox_apply_runs_in_the_same_transaction(
 
 
 def test_inbox_apply_failure_through_the_writer(
-    writer: Writer, engine: Engine, received: Opened, sh: Signer, now: datetime, js: Signer,
+    writer: Writer,
+    engine: Engine,
+    received: Opened,
+    sh: Signer,
+    now: datetime,
+    js: Signer,
     trusted_manifest: TrustedManifest,
 ) -> None:
     """In a batch, a refused message leaves no trace while its neighbours commit."""
@@ -424,7 +494,9 @@ def test_outbox_enqueue_and_claim(engine: Engine, now: datetime) -> None:
         assert (row.state, row.attempts, row.next_attempt_at) == (QUEUED, 0, now)
         assert row.lease_until is None and row.claimed_by is None
     recs = parsed_log(engine)
-    assert [(r.direction, r.type, r.peer_node) for r in recs] == [(mlog.SENT, mlog.ENVELOPE, JS)] * 3
+    assert [(r.direction, r.type, r.peer_node) for r in recs] == [
+        (mlog.SENT, mlog.ENVELOPE, JS)
+    ] * 3
 
     with transaction(engine) as s:
         got = outbox_claim(s, replica="a", now=now, limit=2, lease=LEASE)
@@ -450,14 +522,18 @@ def test_outbox_not_due_before_next_attempt(engine: Engine, now: datetime) -> No
     with transaction(engine) as s:
         enqueue(s, now, 1)
     with transaction(engine) as s:
-        assert outbox_claim(s, replica="a", now=now - timedelta(seconds=1), limit=5, lease=LEASE) == []
+        assert (
+            outbox_claim(s, replica="a", now=now - timedelta(seconds=1), limit=5, lease=LEASE) == []
+        )
 
 
 def test_outbox_lease(engine: Engine, now: datetime) -> None:
     with transaction(engine) as s:
         (row_id,) = enqueue(s, now, 1)
     with transaction(engine) as s:
-        assert [c.id for c in outbox_claim(s, replica="a", now=now, limit=5, lease=LEASE)] == [row_id]
+        assert [c.id for c in outbox_claim(s, replica="a", now=now, limit=5, lease=LEASE)] == [
+            row_id
+        ]
     # Under its lease, nobody (not even the same replica) claims it again.
     for replica, at in (("b", now), ("a", now + timedelta(seconds=30)), ("b", now + LEASE)):
         with transaction(engine) as s:
@@ -489,13 +565,18 @@ def test_outbox_retry_later(engine: Engine, now: datetime) -> None:
     _claim_one(engine, now)
     next_at = now + timedelta(minutes=5)
     with transaction(engine) as s:
-        outbox_retry_later(s, row_id=row_id, error="connection refused " + "x" * 3000, next_at=next_at)
+        outbox_retry_later(
+            s, row_id=row_id, error="connection refused " + "x" * 3000, next_at=next_at
+        )
     row = outbox_row(engine, row_id)
     assert (row.state, row.next_attempt_at, row.lease_until) == (RETRY, next_at, None)
     assert row.last_error.startswith("connection refused") and len(row.last_error) == 2000
 
     with transaction(engine) as s:
-        assert outbox_claim(s, replica="a", now=next_at - timedelta(seconds=1), limit=5, lease=LEASE) == []
+        assert (
+            outbox_claim(s, replica="a", now=next_at - timedelta(seconds=1), limit=5, lease=LEASE)
+            == []
+        )
     with transaction(engine) as s:
         got = outbox_claim(s, replica="a", now=next_at, limit=5, lease=LEASE)
     assert [(c.id, c.attempts) for c in got] == [(row_id, 2)]
@@ -515,7 +596,9 @@ def test_outbox_failed_is_never_claimed(engine: Engine, now: datetime) -> None:
         None,
     )
     with transaction(engine) as s:
-        assert outbox_claim(s, replica="a", now=now + timedelta(days=365), limit=5, lease=LEASE) == []
+        assert (
+            outbox_claim(s, replica="a", now=now + timedelta(days=365), limit=5, lease=LEASE) == []
+        )
 
 
 def test_outbox_reports_only_apply_to_sending_rows(engine: Engine, now: datetime) -> None:
@@ -595,9 +678,9 @@ def test_outbox_delivered_records_the_receipt_once(
 
 def test_outbox_manual_retry(engine: Engine, now: datetime) -> None:
     with transaction(engine) as s:
-        queued_id, sending_id, retry_id, failed_id, delivered_id = enqueue(s, now, 5)
+        sending_id, retry_id, failed_id, delivered_id, queued_id = enqueue(s, now, 5)
     with transaction(engine) as s:
-        outbox_claim(s, replica="a", now=now, limit=5, lease=LEASE)
+        outbox_claim(s, replica="a", now=now, limit=4, lease=LEASE)
         outbox_retry_later(s, row_id=retry_id, error="e", next_at=now + timedelta(hours=1))
         outbox_failed(s, row_id=failed_id, reason="REFUSED", error="e")
         outbox_delivered(
@@ -609,11 +692,7 @@ def test_outbox_manual_retry(engine: Engine, now: datetime) -> None:
             received_at=now,
             now=now,
         )
-        outbox_release_own(s, replica="a", now=now)  # sending rows -> retry
-    with transaction(engine) as s:
-        outbox_claim(s, replica="a", now=now, limit=1, lease=LEASE)  # queued_id: sending again
-        s.execute(OUTBOX.update().where(OUTBOX.c.id == queued_id).values(state=QUEUED))
-    states = {i: outbox_row(engine, i).state for i in (queued_id, sending_id, retry_id)}
+    states = {i: outbox_row(engine, i).state for i in (sending_id, retry_id, queued_id)}
     assert states == {queued_id: QUEUED, sending_id: SENDING, retry_id: RETRY}
 
     later = now + timedelta(minutes=10)
@@ -642,7 +721,9 @@ def test_outbox_release_own(engine: Engine, now: datetime) -> None:
     with transaction(engine) as s:
         mine, theirs, waiting = enqueue(s, now, 3)
     with transaction(engine) as s:
-        assert [c.id for c in outbox_claim(s, replica="r1", now=now, limit=1, lease=LEASE)] == [mine]
+        assert [c.id for c in outbox_claim(s, replica="r1", now=now, limit=1, lease=LEASE)] == [
+            mine
+        ]
         assert [c.id for c in outbox_claim(s, replica="r2", now=now, limit=1, lease=LEASE)] == [
             theirs
         ]

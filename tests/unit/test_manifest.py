@@ -84,7 +84,7 @@ def revoked_dir(
 
 
 def test_valid_manifest_loads(
-    trusted_manifest: TrustedManifest, signed_bytes: bytes, now: datetime
+    trusted_manifest: TrustedManifest, signed_bytes: bytes, now: datetime, federation_dir: Path
 ) -> None:
     tm = trusted_manifest
     assert tm.raw == signed_bytes
@@ -104,7 +104,9 @@ def test_valid_manifest_loads(
         assert [b[0] for b in mem.bureaus] == [b.code for b in divisions.bureaus_under(code)]
         purposes = sorted(k.purpose for k in tm.keys.values() if k.member == code)
         assert purposes == ["signing", "tls"]
-        assert tm.own_certificate_status(code, now) == []
+        tls = cert_der(node_cert(federation_dir, code, "tls.crt"))
+        key_id = fingerprint(cert_der(node_cert(federation_dir, code, "sign.crt")))
+        assert tm.own_certificate_status(code, tls, key_id, now) == []
     assert len({m.endpoint for m in tm.members.values()}) == 4
 
 
@@ -387,7 +389,9 @@ def test_revoked_peer(
     with pytest.raises(VerificationError) as ei:
         tm.peer_for_tls_cert(cert_der(cert), now)
     assert ei.value.reason == "REVOKED_PEER"
-    assert tm.own_certificate_status(ZJ, now) == [f"tls certificate {serial} revoked"]
+    zj_key = fingerprint(cert_der(node_cert(revoked_dir, ZJ, "sign.crt")))
+    [problem] = tm.own_certificate_status(ZJ, cert_der(cert), zj_key, now)
+    assert "TLS certificate in use" in problem and "REVOKED_PEER" in problem
     # Other members and Zhejiang's signing key are unaffected.
     assert tm.peer_for_tls_cert(cert_der(node_cert(revoked_dir, JS, "tls.crt")), now).member == JS
     sign = node_cert(revoked_dir, ZJ, "sign.crt")
@@ -439,4 +443,8 @@ def test_expired_signing_key(federation_dir: Path, trusted_manifest: TrustedMani
     with pytest.raises(VerificationError) as ei:
         trusted_manifest.signing_key(fingerprint(cert_der(cert)), cert.not_valid_after_utc)
     assert ei.value.reason == "EXPIRED_KEY"
-    assert trusted_manifest.own_certificate_status(SH, cert.not_valid_after_utc) != []
+    tls = cert_der(node_cert(federation_dir, SH, "tls.crt"))
+    problems = trusted_manifest.own_certificate_status(
+        SH, tls, fingerprint(cert_der(cert)), cert.not_valid_after_utc
+    )
+    assert any("EXPIRED_KEY" in p for p in problems)

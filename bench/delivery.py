@@ -1,0 +1,288 @@
+"""Delivery benchmark: signed, durably stored, receipted messages vs a bare mTLS echo.
+
+Run with ``make bench`` (or ``python bench/delivery.py``). In one run on one machine it measures:
+
+1. **baseline**: a bare ``grpc.aio`` unary echo over mutual TLS (server in its own process,
+   the same certificates and payload size), c concurrent calls in a closed loop;
+2. **cccfed**: two real node processes. The sender process runs a full node (server, delivery
+   worker) and a closed loop of c concurrent producers; each producer commits a message to the
+   outbox and waits until the delivery worker has stored the receiver's verified receipt. The
+   receiver is a plain ``cccfed node serve`` that verifies, commits (``synchronous=FULL``) and
+   signs a receipt before answering.
+
+It prints throughput and p50/p99 latency of both and the ratio of throughputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import quantiles
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import grpc
+
+from node import pki
+from node.local import free_ports
+
+ECHO = "/bench.Echo/Call"
+
+
+def _ident(b: bytes) -> bytes:
+    return b
+
+
+def summarize(latencies: list[float], seconds: float) -> dict[str, float]:
+    q = quantiles(latencies, n=100)
+    return {
+        "messages": len(latencies),
+        "seconds": round(seconds, 3),
+        "per_second": round(len(latencies) / seconds, 1),
+        "p50_ms": round(q[49] * 1000, 2),
+        "p99_ms": round(q[98] * 1000, 2),
+    }
+
+
+# --- roles run in child processes -------------------------------------------------------------
+
+
+async def echo_server(node_dir: Path, port: int) -> None:
+    async def call(req: bytes, _ctx: Any) -> bytes:
+        return req
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "bench.Echo",
+                {"Call": grpc.unary_unary_rpc_method_handler(call, _ident, _ident)},
+            )
+        ]
+    )
+    creds = grpc.ssl_server_credentials(
+        [((node_dir / "tls.key").read_bytes(), (node_dir / "tls.crt").read_bytes())],
+        root_certificates=(node_dir.parents[1] / "ca" / "ca.crt").read_bytes(),
+        require_client_auth=True,
+    )
+    server.add_secure_port(f"127.0.0.1:{port}", creds)
+    await server.start()
+    print("ready", flush=True)
+    await server.wait_for_termination()
+
+
+async def echo_client(
+    node_dir: Path, port: int, c: int, seconds: float, size: int
+) -> dict[str, float]:
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(node_dir.parents[1] / "ca" / "ca.crt").read_bytes(),
+        private_key=(node_dir / "tls.key").read_bytes(),
+        certificate_chain=(node_dir / "tls.crt").read_bytes(),
+    )
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) as ch:
+        call = ch.unary_unary(ECHO, request_serializer=_ident, response_deserializer=_ident)
+        payload = os.urandom(size)
+        await call(payload, timeout=10)
+        lat: list[float] = []
+        stop = time.perf_counter() + seconds
+
+        async def loop() -> None:
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                await call(payload, timeout=10)
+                lat.append(time.perf_counter() - t)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(c)))
+        return summarize(lat, time.perf_counter() - t0)
+
+
+async def sender(config: Path, target: str, c: int, seconds: float) -> dict[str, float]:
+    from cccfed.v1 import federation_pb2
+    from node.config import load_config
+    from node.runtime import Node
+
+    node = Node(load_config(config))
+    await node.start()
+    waiters: dict[str, asyncio.Future[None]] = {}
+
+    def done(mid: str) -> None:
+        fut = waiters.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    node.delivered_callbacks.append(done)
+    loop = asyncio.get_running_loop()
+    lat: list[float] = []
+
+    async def one() -> None:
+        t = time.perf_counter()
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def register(s: Any) -> tuple[str, int]:
+            mid, row = node.enqueue_in(s, target, "federation", federation_pb2.Ping(note="bench"))
+            waiters[mid] = fut  # before commit: the delivery cannot precede registration
+            return mid, row
+
+        await node.writer.run(register)
+        node.outbox_wakeup.set()
+        await fut
+        lat.append(time.perf_counter() - t)
+
+    try:
+        for _ in range(c):  # warm up channels and caches
+            await one()
+        lat.clear()
+        stop = time.perf_counter() + seconds
+
+        async def producer() -> None:
+            while time.perf_counter() < stop:
+                await one()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(producer() for _ in range(c)))
+        return summarize(lat, time.perf_counter() - t0)
+    finally:
+        await node.stop(grace=1)
+
+
+# --- orchestration ----------------------------------------------------------------------------
+
+
+def child(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, __file__, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--concurrency", "-c", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--role", choices=["echo-server", "echo-client", "sender"])
+    ap.add_argument("--dir")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--size", type=int, default=400)
+    args = ap.parse_args()
+    if args.role == "echo-server":
+        asyncio.run(echo_server(Path(args.dir), args.port))
+        return
+    if args.role == "echo-client":
+        print(
+            json.dumps(
+                asyncio.run(
+                    echo_client(
+                        Path(args.dir), args.port, args.concurrency, args.seconds, args.size
+                    )
+                )
+            )
+        )
+        return
+    if args.role == "sender":
+        print(
+            json.dumps(
+                asyncio.run(sender(Path(args.dir), "320000", args.concurrency, args.seconds))
+            )
+        )
+        return
+
+    root = Path(tempfile.mkdtemp(prefix="cccfed-bench-"))
+    codes = ["310000", "320000"]
+    ports = free_ports(3)
+    pki.init_federation(root, codes, ports=dict(zip(codes, ports[:2], strict=True)))
+    for code in codes:
+        cfg = root / "nodes" / code / "node.toml"
+        cfg.write_text(
+            cfg.read_text()
+            + f"\n[delivery]\nconcurrency = {args.concurrency}\npoll_seconds = 0.5\n"
+        )
+    print(
+        f"delivery benchmark: c={args.concurrency}, {args.seconds:.0f}s per phase, "
+        f"{os.cpu_count()} cores, in {root}"
+    )
+
+    # 1. baseline: bare grpc.aio mTLS unary echo, server and client in separate processes
+    srv = child(
+        "--role", "echo-server", "--dir", str(root / "nodes" / "320000"), "--port", str(ports[2])
+    )
+    assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
+    cl = child(
+        "--role",
+        "echo-client",
+        "--dir",
+        str(root / "nodes" / "310000"),
+        "--port",
+        str(ports[2]),
+        "-c",
+        str(args.concurrency),
+        "--seconds",
+        str(args.seconds),
+        "--size",
+        str(args.size),
+    )
+    out, err = cl.communicate()
+    srv.terminate()
+    srv.wait()
+    base = json.loads(out)
+
+    # 2. cccfed: receiver node process + sender node process driving a closed loop
+    recv = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "node.cli",
+            "node",
+            "serve",
+            "--config",
+            str(root / "nodes" / "320000" / "node.toml"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.5)
+    snd = child(
+        "--role",
+        "sender",
+        "--dir",
+        str(root / "nodes" / "310000" / "node.toml"),
+        "-c",
+        str(args.concurrency),
+        "--seconds",
+        str(args.seconds),
+    )
+    out, err = snd.communicate()
+    recv.terminate()
+    recv.wait()
+    if snd.returncode != 0:
+        print(err, file=sys.stderr)
+        raise SystemExit(1)
+    fed = json.loads(out.strip().splitlines()[-1])
+
+    print(f"{'':28}{'msgs/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'n':>9}")
+    for label, r in (("bare grpc.aio mTLS echo", base), ("cccfed signed+stored+receipt", fed)):
+        cols = (r["per_second"], r["p50_ms"], r["p99_ms"])
+        print(f"{label:28}" + "".join(f"{c:>10}" for c in cols) + f"{r['messages']:>9}")
+    ratio = fed["per_second"] / base["per_second"]
+    print(f"throughput ratio cccfed / echo = {ratio:.2f}  (goal >= 0.5)")
+    print(
+        json.dumps(
+            {
+                "baseline": base,
+                "cccfed": fed,
+                "ratio": round(ratio, 3),
+                "concurrency": args.concurrency,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
