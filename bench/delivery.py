@@ -128,12 +128,13 @@ async def sender(config: Path, target: str, c: int, seconds: float) -> dict[str,
         fut: asyncio.Future[None] = loop.create_future()
 
         def register(s: Any) -> tuple[str, int]:
-            mid, row = node.enqueue_in(s, target, "federation", federation_pb2.Ping(note="bench"))
+            mid, row = node.enqueue_in(
+                s, target, "federation", federation_pb2.Ping(note="bench"), claim=True
+            )
             waiters[mid] = fut  # before commit: the delivery cannot precede registration
             return mid, row
 
-        await node.writer.run(register)
-        node.outbox_wakeup.set()
+        await node.run_and_send(register)
         await fut
         lat.append(time.perf_counter() - t)
 
@@ -148,8 +149,12 @@ async def sender(config: Path, target: str, c: int, seconds: float) -> dict[str,
                 await one()
 
         t0 = time.perf_counter()
+        commits, jobs = node.writer.commits, node.writer.jobs
         await asyncio.gather(*(producer() for _ in range(c)))
-        return summarize(lat, time.perf_counter() - t0)
+        result = summarize(lat, time.perf_counter() - t0)
+        result["sender_commits"] = node.writer.commits - commits
+        result["sender_jobs"] = node.writer.jobs - jobs
+        return result
     finally:
         await node.stop(grace=1)
 

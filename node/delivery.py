@@ -53,6 +53,7 @@ class DeliveryWorker:
         self.inflight: set[asyncio.Task[None]] = set()
         self.delivered = 0
         self.stopping = False
+        self.running = False
 
     def stop(self) -> None:
         """Ask the loop to finish (a flag, not only cancellation: Python 3.11's wait_for can
@@ -63,6 +64,7 @@ class DeliveryWorker:
     async def run(self) -> None:
         node = self.node
         dl = node.cfg.delivery
+        self.running = True
         released = await node.writer.run(
             lambda s: outbox_release_own(s, replica=node.replica, now=node.clock())
         )
@@ -70,6 +72,8 @@ class DeliveryWorker:
             log.info("released %d message(s) left in flight by the previous run", released)
         try:
             while not self.stopping:
+                # Clear before looking, so a message queued while we look wakes us again.
+                node.outbox_wakeup.clear()
                 free = dl.concurrency - len(self.inflight)
                 claimed: list[Claimed] = []
                 if free > 0:
@@ -90,15 +94,25 @@ class DeliveryWorker:
                     self.inflight.add(t)
                     t.add_done_callback(self._done)
                 if not claimed:
-                    node.outbox_wakeup.clear()
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(dl.poll_seconds):
                             await node.outbox_wakeup.wait()
         finally:
+            self.running = False
             for t in list(self.inflight):
                 t.cancel()
             if self.inflight:
                 await asyncio.gather(*self.inflight, return_exceptions=True)
+
+    def dispatch(self, rows: list[Claimed]) -> None:
+        """Start delivering rows this process committed already claimed (see enqueue).
+
+        They may exceed ``concurrency`` briefly; the claim loop then waits for free slots.
+        """
+        for c in rows:
+            t = asyncio.create_task(self._deliver(c))
+            self.inflight.add(t)
+            t.add_done_callback(self._done)
 
     def _done(self, t: asyncio.Task[None]) -> None:
         self.inflight.discard(t)

@@ -14,12 +14,12 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from google.protobuf.message import Message
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Connection
 
 from federation.crypto import Signer
 from federation.envelope import Opened, Policy, kind_of, seal
@@ -27,12 +27,13 @@ from federation.errors import ConfigError, FederationError, ValidationError
 from node.client import PeerPool, PingResult
 from node.config import NodeConfig
 from node.store.db import Writer, make_engine, migrate, reader
-from node.store.ops import Apply, outbox_enqueue, record_manifest
+from node.store.ops import Apply, Claimed, outbox_enqueue, outbox_unclaim, record_manifest
 from node.trust import ManifestHolder, TlsFiles, load_ca
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 
 
 def system_clock() -> datetime:
@@ -162,7 +163,7 @@ class Node:
 
     def enqueue_in(
         self,
-        s: Session,
+        s: Connection,
         recipient_node: str,
         service: str,
         payload: Message,
@@ -171,8 +172,10 @@ class Node:
         """Seal and queue a message inside a caller's transaction; returns (message id, row)."""
         from federation.envelope import header_of
 
+        claim = kw.pop("claim", False)
         env = self.seal(recipient_node, payload, **kw)
         mid = header_of(env).message_id
+        lease = timedelta(seconds=self.cfg.delivery.lease_seconds)
         row = outbox_enqueue(
             s,
             env,
@@ -181,16 +184,44 @@ class Node:
             service=service,
             kind=kind_of(payload),
             now=self.clock(),
+            claim_for=self.replica if claim else None,
+            lease=lease if claim else None,
         )
+        if claim:
+            s.info.setdefault("cccfed_claimed", []).append(
+                Claimed(row, mid, recipient_node, service, kind_of(payload), env, 1)
+            )
         return mid, row
 
     async def enqueue(
         self, recipient_node: str, service: str, payload: Message, **kw: Any
     ) -> tuple[str, int]:
-        result = await self.writer.run(
-            lambda s: self.enqueue_in(s, recipient_node, service, payload, **kw)
+        """Seal and queue one message; a running node starts delivering it at once."""
+        return await self.run_and_send(
+            lambda s: self.enqueue_in(s, recipient_node, service, payload, claim=True, **kw)
         )
-        self.outbox_wakeup.set()
+
+    async def run_and_send(self, job: Callable[[Connection], T]) -> T:
+        """Run a write job that queues messages (``enqueue_in(..., claim=True)``); after it
+        commits, hand them straight to the delivery worker instead of a separate claim."""
+        worker = getattr(self, "worker", None)
+        if worker is None or not worker.running:
+            # No worker here (a CLI process): leave the rows for the node's worker to claim.
+            def unclaimed(s: Connection) -> T:
+                result = job(s)
+                for c in s.info.pop("cccfed_claimed", []):
+                    outbox_unclaim(s, row_id=c.id, now=self.clock())
+                return result
+
+            return await self.writer.run(unclaimed)
+
+        def claimed(s: Connection) -> tuple[T, list[Claimed]]:
+            s.info.pop("cccfed_claimed", None)
+            result = job(s)
+            return result, s.info.pop("cccfed_claimed", [])
+
+        result, rows = await self.writer.run(claimed)
+        worker.dispatch(rows)
         return result
 
     async def ping(self, target: str) -> tuple[str, PingResult]:
@@ -205,7 +236,7 @@ class Node:
         res: PingResult = await self.peers.call_with_retry(lambda: self.peers.ping(target, env))
         now = self.clock()
 
-        def log_exchange(s: Session) -> None:
+        def log_exchange(s: Connection) -> None:
             append_log(
                 s,
                 direction=mlog.SENT,
@@ -264,7 +295,7 @@ class Node:
             except FederationError as e:
                 log.debug("manifest from %s not taken: %s", code, e)
 
-    def _record(self, s: Session) -> bool:
+    def _record(self, s: Connection) -> bool:
         tm = self.trust.current
         return record_manifest(s, serial=tm.serial, signed=tm.raw, now=self.clock())
 

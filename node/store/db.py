@@ -7,7 +7,7 @@ PostgreSQL (production, possibly several replicas of a node): the same code thro
 queue rows are claimed with ``FOR UPDATE SKIP LOCKED``.
 
 All writes of a node process go through one :class:`Writer` thread that commits many small jobs
-in one transaction (each in its own SAVEPOINT, so one failing job does not fail its neighbours)
+in one transaction (if one fails, each is re-run alone, so it does not fail its neighbours)
 and answers each job only after the commit: group commit keeps ``synchronous=FULL`` affordable
 without ever acknowledging before the data is durable.
 """
@@ -29,7 +29,6 @@ from alembic.config import Config
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from federation.errors import FederationError
 
@@ -43,8 +42,29 @@ class StoreError(FederationError):
     reason = "STORE"
 
 
+def _guard_log_buffer(engine: Engine) -> None:
+    from node.store.ops import pending_log
+
+    @event.listens_for(engine, "commit")
+    def _on_commit(conn: Connection) -> None:
+        # Message-log records are buffered per transaction; committing without writing them
+        # would lose them silently, so it is refused.
+        if pending_log(conn):
+            raise StoreError("commit with unwritten message-log records (call flush_log first)")
+
+    @event.listens_for(engine, "rollback")
+    def _on_rollback(conn: Connection) -> None:
+        conn.info.pop("cccfed_log", None)
+
+
 def make_engine(url: str) -> Engine:
     """Create an engine with the durability settings of DESIGN.md §5."""
+    engine = _make_engine(url)
+    _guard_log_buffer(engine)
+    return engine
+
+
+def _make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
@@ -106,10 +126,18 @@ def current_revision(engine: Engine) -> str | None:
 
 
 @contextmanager
-def transaction(engine: Engine) -> Iterator[Session]:
+def transaction(engine: Engine) -> Iterator[Connection]:
     """A read-write transaction outside the writer (CLI tools, tests)."""
-    with Session(engine, expire_on_commit=False) as s, s.begin():
-        yield s
+    with engine.begin() as conn:
+        yield conn
+        flush_log(conn)
+
+
+def flush_log(conn: Connection) -> None:
+    """Write the message-log records buffered in this transaction (see ops.append_log)."""
+    from node.store.ops import flush_log as _flush
+
+    _flush(conn)
 
 
 _STOP = object()
@@ -118,24 +146,27 @@ _STOP = object()
 class Writer:
     """One thread that runs write jobs in batches, committing each batch once.
 
-    ``await writer.run(fn)`` returns ``fn(session)``'s result after the batch holding it has
-    committed. A job that raises is rolled back to its savepoint and its exception is returned to
-    its caller; the rest of the batch commits.
+    ``await writer.run(fn)`` returns ``fn(connection)``'s result after the transaction holding it
+    has committed. A job that raises has its exception returned to its caller and nothing of it
+    stored; the other jobs of its batch commit.
     """
 
     def __init__(self, engine: Engine, *, max_batch: int = 128, name: str = "store-writer") -> None:
         self.engine = engine
         self.max_batch = max_batch
         self._q: queue.Queue[Any] = queue.Queue()
+        #: Transactions committed and jobs run (for metrics and benchmarks).
+        self.commits = 0
+        self.jobs = 0
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[[Session], T]) -> Future[T]:
+    def submit(self, fn: Callable[[Connection], T]) -> Future[T]:
         fut: Future[T] = Future()
         self._q.put((fn, fut))
         return fut
 
-    async def run(self, fn: Callable[[Session], T]) -> T:
+    async def run(self, fn: Callable[[Connection], T]) -> T:
         return await asyncio.wrap_future(self.submit(fn))
 
     def close(self) -> None:
@@ -168,40 +199,46 @@ class Writer:
             if stop:
                 return
 
-    def _run_batch(self, batch: list[tuple[Callable[[Session], Any], Future[Any]]]) -> None:
+    def _run_alone(self, fn: Callable[[Connection], Any]) -> tuple[bool, Any]:
+        try:
+            with self.engine.begin() as conn:
+                value = fn(conn)
+                flush_log(conn)
+            self.commits += 1
+            return True, value
+        except FederationError as e:
+            return False, e
+        except SQLAlchemyError as e:
+            # e.g. the store is down, or a key taken by a concurrent replica: try again later
+            err = StoreError(f"store: {type(e).__name__}: {e}".splitlines()[0])
+            err.__cause__ = e
+            return False, err
+        except Exception as e:  # a bug in one job must reach its caller, not the others
+            log.exception("store writer: job failed")
+            return False, e
+
+    def _run_batch(self, batch: list[tuple[Callable[[Connection], Any], Future[Any]]]) -> None:
         # A job whose caller went away before it started (a cancelled RPC) is dropped; once a
         # job runs, its future can no longer be cancelled, so its result is always deliverable.
         batch = [(fn, fut) for fn, fut in batch if fut.set_running_or_notify_cancel()]
         if not batch:
             return
-        results: list[tuple[bool, Any]] = []
-        try:
-            with Session(self.engine, expire_on_commit=False) as s, s.begin():
-                for fn, _ in batch:
-                    sp = s.begin_nested()
-                    try:
-                        value = fn(s)
-                        sp.commit()
-                        results.append((True, value))
-                    except FederationError as e:
-                        sp.rollback()
-                        results.append((False, e))
-                    except SQLAlchemyError as e:
-                        # e.g. a unique key taken by a concurrent replica: try again later
-                        sp.rollback()
-                        err = StoreError(f"store: {type(e).__name__}: {e}".splitlines()[0])
-                        err.__cause__ = e
-                        results.append((False, err))
-                    except Exception as e:
-                        sp.rollback()
-                        log.exception("store writer: job failed")
-                        results.append((False, e))
-        except SQLAlchemyError as e:
-            err = StoreError(f"store commit failed: {e}")
-            err.__cause__ = e
-            for _, fut in batch:
-                fut.set_exception(err)
-            return
+        self.jobs += len(batch)
+        # Optimistic: every job in one transaction, one commit. If any job fails, the whole
+        # transaction is rolled back and each job runs again in a transaction of its own, so a
+        # failing job never takes its neighbours with it (jobs are functions of the store).
+        results: list[tuple[bool, Any]] | None = None
+        if len(batch) > 1:
+            try:
+                with self.engine.begin() as conn:
+                    values = [fn(conn) for fn, _ in batch]
+                    flush_log(conn)
+                self.commits += 1
+                results = [(True, v) for v in values]
+            except Exception:  # noqa: BLE001 - any failure: retry the jobs one by one
+                results = None
+        if results is None:
+            results = [self._run_alone(fn) for fn, _ in batch]
         for (ok, value), (_, fut) in zip(results, batch, strict=True):
             if ok:
                 fut.set_result(value)

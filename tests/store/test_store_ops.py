@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, insert, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from cccfed.v1 import federation_pb2, log_pb2
 from federation import message_log as mlog
@@ -115,7 +114,7 @@ def open_at(
     )
 
 
-def enqueue(s: Session, now: datetime, n: int = 1, recipient: str = JS) -> list[int]:
+def enqueue(s: Connection, now: datetime, n: int = 1, recipient: str = JS) -> list[int]:
     """Queue ``n`` placeholder envelopes (the outbox does not look inside)."""
     ids = []
     for i in range(n):
@@ -144,12 +143,31 @@ def writer(engine: Engine) -> Iterator[Writer]:
 # --- Writer ------------------------------------------------------------------------------------
 
 
-def _insert_manifest(serial: int, now: datetime) -> Callable[[Session], tuple[int, int]]:
-    def job(s: Session) -> tuple[int, int]:
+def _insert_manifest(serial: int, now: datetime) -> Callable[[Connection], tuple[int, int]]:
+    def job(s: Connection) -> tuple[int, int]:
         record_manifest(s, serial=serial, signed=b"m%d" % serial, now=now)
         return serial, id(s)
 
     return job
+
+
+def test_writer_commits_a_batch_without_failures_in_one_transaction(
+    writer: Writer, now: datetime
+) -> None:
+    gate = threading.Event()
+    entered = threading.Event()
+
+    def blocker(s: Connection) -> None:
+        entered.set()
+        assert gate.wait(10)
+
+    writer.submit(blocker)
+    assert entered.wait(10)
+    futures = [writer.submit(_insert_manifest(serial, now)) for serial in range(1, 11)]
+    gate.set()
+    results = [f.result(10) for f in futures]
+    assert [serial for serial, _ in results] == list(range(1, 11))
+    assert len({conn_id for _, conn_id in results}) == 1  # one batch, one commit
 
 
 def test_writer_batch_commits_good_jobs_and_isolates_a_failing_one(
@@ -158,12 +176,12 @@ def test_writer_batch_commits_good_jobs_and_isolates_a_failing_one(
     gate = threading.Event()
     entered = threading.Event()
 
-    def blocker(s: Session) -> str:
+    def blocker(s: Connection) -> str:
         entered.set()
         assert gate.wait(10)
         return "first"
 
-    def failing(s: Session) -> None:
+    def failing(s: Connection) -> None:
         record_manifest(s, serial=7, signed=b"never", now=now)  # written, then rolled back
         raise ValidationError("refused by a domain rule", reason="TEST_REFUSED")
 
@@ -192,7 +210,7 @@ def test_writer_batch_commits_good_jobs_and_isolates_a_failing_one(
         else:
             results[serial] = fut.result(10)
     assert sorted(results) == [s for s in range(1, 21) if s != 7]
-    assert len({session_id for _, session_id in results.values()}) == 1  # one batch, one commit
+    # after a failure each job ran again alone: the good ones committed, the bad one did not
     # The future resolved only after the commit: another connection already saw every row.
     assert seen_at_resolution == [19]
     with other_engine.connect() as conn:
@@ -215,7 +233,7 @@ def test_writer_returns_store_errors_per_job(writer: Writer, engine: Engine, now
     dup = writer.submit(_insert_manifest(1, now))  # record_manifest checks first: returns False
     assert dup.result(10)[0] == 1
 
-    def raw_duplicate(s: Session) -> None:
+    def raw_duplicate(s: Connection) -> None:
         s.execute(insert(MANIFESTS).values(serial=1, signed=b"x", accepted_at=now))
 
     bad = writer.submit(raw_duplicate)
@@ -232,7 +250,7 @@ def _blocked(writer: Writer) -> threading.Event:
     gate = threading.Event()
     entered = threading.Event()
 
-    def blocker(s: Session) -> None:
+    def blocker(s: Connection) -> None:
         entered.set()
         assert gate.wait(10)
 
@@ -244,7 +262,7 @@ def _blocked(writer: Writer) -> threading.Event:
 def test_writer_survives_an_unexpected_exception(
     writer: Writer, engine: Engine, now: datetime
 ) -> None:
-    def boom(s: Session) -> None:
+    def boom(s: Connection) -> None:
         raise RuntimeError("a bug in a job")
 
     assert writer.submit(boom).exception(10) is not None
@@ -255,7 +273,7 @@ def test_writer_survives_an_unexpected_exception(
 def test_writer_unexpected_exception_spares_its_batch_neighbours(
     writer: Writer, engine: Engine, now: datetime
 ) -> None:
-    def boom(s: Session) -> None:
+    def boom(s: Connection) -> None:
         record_manifest(s, serial=99, signed=b"never", now=now)
         raise KeyError("a bug in a job")
 
@@ -276,7 +294,7 @@ def test_writer_unexpected_exception_spares_its_batch_neighbours(
 def test_writer_drops_cancelled_jobs(writer: Writer, engine: Engine, now: datetime) -> None:
     ran: list[int] = []
 
-    def job(s: Session) -> None:
+    def job(s: Connection) -> None:
         ran.append(1)
         record_manifest(s, serial=1, signed=b"m", now=now)
 
@@ -425,9 +443,9 @@ def test_inbox_accept_once(
 def test_inbox_apply_runs_in_the_same_transaction(
     engine: Engine, other_engine: Engine, received: Opened, sh: Signer, now: datetime
 ) -> None:
-    calls: list[tuple[Session, str, datetime]] = []
+    calls: list[tuple[Connection, str, datetime]] = []
 
-    def apply_fails(s: Session, opened: Opened, at: datetime) -> None:
+    def apply_fails(s: Connection, opened: Opened, at: datetime) -> None:
         enqueue(s, at, 1)  # the domain change queues a reply...
         raise ValidationError("the domain refuses", reason="TEST_APPLY")
 
@@ -436,7 +454,7 @@ def test_inbox_apply_runs_in_the_same_transaction(
     # ...which vanished with the refused message: nothing at all was stored.
     assert [count(engine, t) for t in (INBOX, OUTBOX, LOG)] == [0, 0, 0]
 
-    def apply_ok(s: Session, opened: Opened, at: datetime) -> None:
+    def apply_ok(s: Connection, opened: Opened, at: datetime) -> None:
         calls.append((s, opened.message_id, at))
         enqueue(s, at, 1)
         # Not committed yet: another connection sees nothing of this transaction.
@@ -466,7 +484,7 @@ def test_inbox_apply_failure_through_the_writer(
 ) -> None:
     """In a batch, a refused message leaves no trace while its neighbours commit."""
 
-    def refuse(s: Session, opened: Opened, at: datetime) -> None:
+    def refuse(s: Connection, opened: Opened, at: datetime) -> None:
         enqueue(s, at, 1)
         raise ValidationError("no", reason="TEST_APPLY")
 
