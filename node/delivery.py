@@ -152,6 +152,8 @@ class DeliveryWorker:
                     lambda s: outbox_failed(s, row_id=c.id, reason=reason, error=error)
                 )
             return
+        for cb in node.receipt_callbacks:
+            cb(c.message_id)
         failpoint("after_send")
         await node.writer.run(
             lambda s: outbox_delivered(

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,7 @@ from node.trust import ManifestHolder, TlsFiles, load_ca
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+SWITCH_INTERVAL = 0.0005
 T = TypeVar("T")
 
 
@@ -99,6 +101,8 @@ class Node:
         self.outbox_wakeup = asyncio.Event()
         self.rejections: dict[str, int] = {}
         self._received_callbacks: list[Callable[[Opened], None]] = []
+        #: Called with the message id when a verified receipt arrives (before it is stored).
+        self.receipt_callbacks: list[Callable[[str], None]] = []
         #: Called with the message id after a verified receipt is committed.
         self.delivered_callbacks: list[Callable[[str], None]] = []
         self._tasks: list[asyncio.Task[Any]] = []
@@ -317,9 +321,9 @@ class Node:
         tm = self.trust.current
         if tm.is_expired(now):
             problems.append(f"manifest serial {tm.serial} expired at {tm.expires_at.isoformat()}")
-        tls_der = x509.load_pem_x509_certificate(self.tls.refresh().cert_pem).public_bytes(
-            serialization.Encoding.DER
-        )
+        tls_der = x509.load_pem_x509_certificate(
+            self.tls.refresh(force=True).cert_pem
+        ).public_bytes(serialization.Encoding.DER)
         problems += tm.own_certificate_status(self.code, tls_der, self.signer.key_id, now)
         try:
             with self.reader.connect() as conn:
@@ -334,6 +338,9 @@ class Node:
         from node.delivery import DeliveryWorker
         from node.server import build_server
 
+        # The event loop (gRPC) and the store writer share the GIL; at the default 5 ms switch
+        # interval a busy writer delays every waiting RPC by up to 5 ms per hand-over.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self._server, self._health = build_server(self)
         await self._server.start()
         await self._update_health()

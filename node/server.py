@@ -16,6 +16,7 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -52,13 +53,13 @@ async def abort(
     )
 
 
-def peer_certificate_der(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
-    auth = context.auth_context()
-    pems = auth.get("x509_pem_cert") or []
-    if not pems:
-        return None
-    cert = x509.load_pem_x509_certificate(pems[0])
-    return cert.public_bytes(serialization.Encoding.DER)
+def peer_certificate_pem(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
+    pems = context.auth_context().get("x509_pem_cert") or []
+    return bytes(pems[0]) if pems else None
+
+
+def pem_to_der(pem: bytes) -> bytes:
+    return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
 
 
 class PeerIdentityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -66,6 +67,25 @@ class PeerIdentityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, node: Node) -> None:
         self.node = node
+        # (certificate PEM, manifest serial) -> (member, not valid after): a peer's identity is
+        # resolved once per manifest, not per call; a new manifest (e.g. a revocation) misses.
+        self._known: dict[tuple[bytes, int], tuple[str, datetime]] = {}
+
+    def identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        node = self.node
+        pem = peer_certificate_pem(context)
+        if pem is None:
+            raise FederationError("no client certificate", reason="NO_PEER_CERTIFICATE")
+        tm = node.trust.current
+        now = node.clock()
+        hit = self._known.get((pem, tm.serial))
+        if hit is not None and now < hit[1]:
+            return hit[0]
+        info = tm.peer_for_tls_cert(pem_to_der(pem), now)
+        if len(self._known) > 1024:
+            self._known.clear()
+        self._known[(pem, tm.serial)] = (info.member, info.not_after)
+        return info.member
 
     async def intercept_service(
         self,
@@ -81,19 +101,17 @@ class PeerIdentityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         inner = handler.unary_unary
         node = self.node
+        interceptor = self
 
         async def identified(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
-                der = peer_certificate_der(context)
-                if der is None:
-                    raise FederationError("no client certificate", reason="NO_PEER_CERTIFICATE")
-                info = node.trust.current.peer_for_tls_cert(der, node.clock())
+                member = interceptor.identify(context)
             except FederationError as e:
                 node.metrics_rejection(e.reason)
                 log.warning("refused call %s: %s", details.method, e.diagnostics())
                 await abort(context, e)
                 raise  # unreachable: abort raises
-            token = CURRENT_PEER.set(info.member)
+            token = CURRENT_PEER.set(member)
             try:
                 return await inner(request, context)
             finally:
@@ -196,7 +214,7 @@ def build_server(node: Node) -> tuple[grpc.aio.Server, health.aio.HealthServicer
 
     def fetch_tls() -> grpc.ServerCertificateConfiguration | None:
         # Runs before each new handshake: serve renewed files without a restart.
-        new = node.tls.refresh()
+        new = node.tls.refresh(force=True)  # handshakes are rare: look every time
         if new.stamp == served["stamp"]:
             return None
         served["stamp"] = new.stamp

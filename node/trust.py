@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -96,9 +97,13 @@ class TlsIdentity:
 class TlsFiles:
     """The node's TLS key and certificate, re-read when either file changes."""
 
+    #: How often the files are looked at (a stat per call would cost more than the call).
+    CHECK_SECONDS = 1.0
+
     def __init__(self, cert: Path, key: Path, ca: Path) -> None:
         self.cert_path, self.key_path, self.ca_path = cert, key, ca
         self._current = self._load()
+        self._checked = time.monotonic()
 
     def _stamp(self) -> tuple[float, float]:
         return (os.stat(self.cert_path).st_mtime, os.stat(self.key_path).st_mtime)
@@ -121,12 +126,16 @@ class TlsFiles:
     def current(self) -> TlsIdentity:
         return self._current
 
-    def refresh(self) -> TlsIdentity:
+    def refresh(self, *, force: bool = False) -> TlsIdentity:
         """The current identity, re-read first if the files changed and form a valid pair.
 
         Server and client each compare ``stamp`` with what they last used, so one consumer
         noticing the change never hides it from the other.
         """
+        now = time.monotonic()
+        if not force and now - self._checked < self.CHECK_SECONDS:
+            return self._current
+        self._checked = now
         try:
             if self._stamp() != self._current.stamp:
                 self._current = self._load()
