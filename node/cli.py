@@ -533,6 +533,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add(sub, "demo", cmd_demo, "run the four-province demo", json=False)
     sp.add_argument("--dir")
+
+    from node.cli_calendar import register
+
+    register(sub, add)
     return p
 
 

@@ -20,6 +20,7 @@ import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from sqlalchemy.engine import Connection
 from tenacity import RetryCallState, wait_random_exponential
 
 from federation.errors import FederationError, VerificationError
@@ -155,8 +156,10 @@ class DeliveryWorker:
         for cb in node.receipt_callbacks:
             cb(c.message_id)
         failpoint("after_send")
-        await node.writer.run(
-            lambda s: outbox_delivered(
+        hook = node.registry.delivered_hooks.get(c.kind)
+
+        def record(s: Connection) -> None:
+            first = outbox_delivered(
                 s,
                 row_id=c.id,
                 message_id=c.message_id,
@@ -165,7 +168,10 @@ class DeliveryWorker:
                 received_at=vr.received_at,
                 now=node.clock(),
             )
-        )
+            if first and hook is not None:
+                hook(s, c, vr)  # the domain learns of the receipt in the same transaction
+
+        await node.writer.run(record)
         self.delivered += 1
         for cb in node.delivered_callbacks:
             cb(c.message_id)

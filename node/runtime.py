@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from sqlalchemy.engine import Connection
 
 from federation.crypto import Signer
-from federation.envelope import Opened, Policy, kind_of, seal
+from federation.envelope import Opened, Policy, VerifiedReceipt, kind_of, seal
 from federation.errors import ConfigError, FederationError, ValidationError
 from node.client import PeerPool, PingResult
 from node.config import NodeConfig
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 SWITCH_INTERVAL = 0.0005
+DeliveredHook = Callable[[Connection, Claimed, VerifiedReceipt], None]
 T = TypeVar("T")
 
 
@@ -55,11 +56,21 @@ class Registry:
         }
     )
     handlers: dict[str, Apply] = field(default_factory=dict)
+    #: kind -> called in the transaction that stores a verified receipt for a sent message
+    delivered_hooks: dict[str, DeliveredHook] = field(default_factory=dict)
 
-    def register(self, service: str, kind: str, apply: Apply | None = None) -> None:
+    def register(
+        self,
+        service: str,
+        kind: str,
+        apply: Apply | None = None,
+        on_delivered: DeliveredHook | None = None,
+    ) -> None:
         self.kinds[service].add(kind)
         if apply is not None:
             self.handlers[kind] = apply
+        if on_delivered is not None:
+            self.delivered_hooks[kind] = on_delivered
 
 
 class Node:
@@ -177,6 +188,7 @@ class Node:
         from federation.envelope import header_of
 
         claim = kw.pop("claim", False)
+        conversation = kw.get("correlation_id", "")
         env = self.seal(recipient_node, payload, **kw)
         mid = header_of(env).message_id
         lease = timedelta(seconds=self.cfg.delivery.lease_seconds)
@@ -190,10 +202,11 @@ class Node:
             now=self.clock(),
             claim_for=self.replica if claim else None,
             lease=lease if claim else None,
+            conversation=conversation,
         )
-        if claim:
+        if claim and s.info.pop("cccfed_enqueued_claimed", False):
             s.info.setdefault("cccfed_claimed", []).append(
-                Claimed(row, mid, recipient_node, service, kind_of(payload), env, 1)
+                Claimed(row, mid, recipient_node, service, kind_of(payload), env, 1, conversation)
             )
         return mid, row
 

@@ -69,6 +69,9 @@ class Outbox(SQLModel, table=True):
     recipient_node: str = Field(index=True, max_length=6)
     service: str = Field(max_length=32)
     kind: str = Field(max_length=128)
+    #: Messages of one conversation (e.g. one request) to one recipient are delivered in order;
+    #: empty for messages that need no ordering.
+    conversation: str = Field(default="", max_length=64, index=True)
     envelope: bytes = Field(sa_type=LargeBinary)
     #: queued | sending | retry | delivered | failed
     state: str = Field(index=True, max_length=16)
@@ -116,3 +119,19 @@ class ManifestHistory(SQLModel, table=True):
     serial: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     signed: bytes = Field(sa_type=LargeBinary)
     accepted_at: datetime = utc_field()
+
+
+class HolidaySchedule(SQLModel, table=True):
+    """An official holiday schedule an administrator imported (``cccfed calendar import``).
+
+    One row per year; it replaces the ``chinesecalendar`` package data for that year. ``schedule``
+    is the canonical JSON of the parsed schedule (``YearSchedule.to_json()``), ``source`` its
+    ``source`` field (the State Council notice), kept as a column for listings.
+    """
+
+    __tablename__ = "holiday_schedules"
+
+    year: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    schedule: bytes = Field(sa_type=LargeBinary)
+    source: str
+    imported_at: datetime = utc_field()

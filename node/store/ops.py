@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy import and_, bindparam, exists, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from federation import message_log as mlog
@@ -228,6 +228,7 @@ def outbox_enqueue(
     now: datetime,
     claim_for: str | None = None,
     lease: timedelta | None = None,
+    conversation: str = "",
 ) -> int:
     """Queue an envelope for delivery (call in the same transaction as the domain change).
 
@@ -236,6 +237,12 @@ def outbox_enqueue(
     delivery worker; a crash before delivery releases it like any other claimed row.
     """
     claimed = claim_for is not None and lease is not None
+    if claimed and conversation:
+        # An earlier message of this conversation still on its way goes first: queue behind it.
+        busy = s.execute(
+            _CONVERSATION_BUSY, {"recipient": recipient_node, "conversation": conversation}
+        ).first()
+        claimed = busy is None
     row_id = s.execute(
         _OUTBOX_INSERT,
         {
@@ -248,6 +255,7 @@ def outbox_enqueue(
             "attempts": 1 if claimed else 0,
             "created_at": now,
             "next_attempt_at": now,
+            "conversation": conversation,
             "claimed_by": claim_for if claimed else None,
             "lease_until": now + lease if claimed and lease is not None else None,
             "last_error": None,
@@ -257,6 +265,7 @@ def outbox_enqueue(
             "received_at": None,
         },
     ).scalar_one()
+    s.info["cccfed_enqueued_claimed"] = claimed
     append_log(
         s,
         direction=mlog.SENT,
@@ -278,6 +287,18 @@ class Claimed:
     kind: str
     envelope: bytes
     attempts: int
+    conversation: str = ""
+
+
+_CONVERSATION_BUSY = (
+    select(OUTBOX.c.id)
+    .where(
+        OUTBOX.c.recipient_node == bindparam("recipient"),
+        OUTBOX.c.conversation == bindparam("conversation"),
+        OUTBOX.c.state.in_((QUEUED, SENDING, RETRY)),
+    )
+    .limit(1)
+)
 
 
 def outbox_claim(
@@ -292,7 +313,18 @@ def outbox_claim(
         and_(OUTBOX.c.state.in_((QUEUED, RETRY)), OUTBOX.c.next_attempt_at <= now),
         and_(OUTBOX.c.state == SENDING, OUTBOX.c.lease_until < now),
     )
-    q = select(OUTBOX).where(due).order_by(OUTBOX.c.id).limit(limit)
+    # In order within a conversation: not while an earlier message of it is still on its way.
+    earlier = OUTBOX.alias("earlier")
+    in_order = or_(
+        OUTBOX.c.conversation == "",
+        ~exists().where(
+            earlier.c.recipient_node == OUTBOX.c.recipient_node,
+            earlier.c.conversation == OUTBOX.c.conversation,
+            earlier.c.id < OUTBOX.c.id,
+            earlier.c.state.in_((QUEUED, SENDING, RETRY)),
+        ),
+    )
+    q = select(OUTBOX).where(due, in_order).order_by(OUTBOX.c.id).limit(limit)
     if s.dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
     rows = s.execute(q).all()
@@ -318,6 +350,7 @@ def outbox_claim(
             r.kind,
             bytes(r.envelope),
             r.attempts + 1,
+            r.conversation,
         )
         for r in rows
     ]

@@ -21,7 +21,8 @@ from sqlmodel import SQLModel
 from node.store.db import alembic_config, current_revision, make_engine, migrate, transaction
 from node.store.ops import MANIFESTS, record_manifest
 
-TABLES = {"inbox", "outbox", "message_log", "log_head", "manifests"}
+TABLES = {"inbox", "outbox", "message_log", "log_head", "manifests", "holiday_schedules"}
+HEAD = "0003"
 
 
 def head_revision() -> str:
@@ -39,7 +40,7 @@ def schema_diff(engine: Engine) -> list[object]:
 
 
 def test_head_is_0001() -> None:
-    assert head_revision() == "0001"
+    assert head_revision() == HEAD
 
 
 def test_migrate_empty_database_reaches_models(bare_engine: Engine) -> None:
@@ -48,7 +49,7 @@ def test_migrate_empty_database_reaches_models(bare_engine: Engine) -> None:
 
     migrate(bare_engine)
 
-    assert current_revision(bare_engine) == head_revision() == "0001"
+    assert current_revision(bare_engine) == head_revision() == HEAD
     assert set(inspect(bare_engine).get_table_names()) == {*TABLES, "alembic_version"}
     assert schema_diff(bare_engine) == []
 
@@ -60,7 +61,7 @@ def test_migrate_twice_is_a_noop(engine: Engine, now: datetime) -> None:
     migrate(engine)
     migrate(engine)
 
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == HEAD
     assert schema_diff(engine) == []
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
@@ -75,7 +76,7 @@ def test_downgrade_to_base_and_up_again(engine: Engine) -> None:
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
 
     migrate(engine)
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == HEAD
     assert schema_diff(engine) == []
 
 
