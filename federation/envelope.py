@@ -3,7 +3,7 @@
 The receiver verifies the bytes it received — the header is carried as bytes precisely so that
 nobody ever needs to re-serialise it to check a signature — and only then parses the payload.
 Every refusal is a :class:`VerificationError` with one of the reasons listed in
-``docs/PROTOCOL.md`` §8, raised before any state changes.
+``docs/PROTOCOL.md`` §6 (envelopes) and §7.3 (receipts), raised before any state changes.
 """
 
 from __future__ import annotations

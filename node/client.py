@@ -62,8 +62,7 @@ def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         # Accept the clients' keepalive pings (every 30 s, also when idle) instead of answering
         # them with GOAWAY "too_many_pings".
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
-        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
     ]

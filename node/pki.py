@@ -142,8 +142,14 @@ def issue_cert(
     days: int = LEAF_DAYS,
     key: ec.EllipticCurvePrivateKey | None = None,
     not_before: datetime | None = None,
+    hosts: tuple[str, ...] = (),
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """Issue a node certificate. ``purpose`` is "tls" (server+client auth) or "signing"."""
+    """Issue a node certificate. ``purpose`` is "tls" (server+client auth) or "signing".
+
+    A TLS certificate names the node (``urn:cccfed:node:<code>``), ``localhost``/``127.0.0.1``
+    for local runs, and each of ``hosts`` (the endpoint's host name or address), so that peers'
+    host-name verification passes wherever the node is reachable.
+    """
     key = key or _new_key()
     builder = (
         x509.CertificateBuilder()
@@ -160,14 +166,20 @@ def issue_cert(
         )
     )
     if purpose == "tls":
+        names: list[x509.GeneralName] = [
+            x509.UniformResourceIdentifier(node_uri(code)),
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        ]
+        for host in hosts:
+            if host in ("localhost", "127.0.0.1"):
+                continue
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                names.append(x509.DNSName(host))
         builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.UniformResourceIdentifier(node_uri(code)),
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
+            x509.SubjectAlternativeName(names),
             critical=False,
         ).add_extension(
             x509.ExtendedKeyUsage(
@@ -377,7 +389,7 @@ def init_federation(
     for i, code in enumerate(nodes):
         port = (ports or {}).get(code, base_port + i)
         d = fed.node_dir(code)
-        tls_key, tls_cert = issue_cert(ca_key, ca_cert, code, "tls", now)
+        tls_key, tls_cert = issue_cert(ca_key, ca_cert, code, "tls", now, hosts=(host,))
         sig_key, sig_cert = issue_cert(ca_key, ca_cert, code, "signing", now)
         write_private(d / "tls.key", _key_pem(tls_key))
         write_public(d / "tls.crt", _cert_pem(tls_cert))
@@ -440,7 +452,8 @@ def renew(root: Path, code: str, *, now: datetime | None = None) -> tuple[str, i
             f"--node {code}: not a member of this federation", reason="UNKNOWN_NODE"
         )
     ca_key, ca_cert = fed.ca()
-    key, cert = issue_cert(ca_key, ca_cert, code, "tls", now)
+    host = str(state["members"][code]["endpoint"]).rpartition(":")[0]
+    key, cert = issue_cert(ca_key, ca_cert, code, "tls", now, hosts=(host,))
     state["members"][code]["tls_certs"].append(_cert_pem(cert).decode())
     manifest = fed.issue_manifest(state, now)
     d = fed.node_dir(code)

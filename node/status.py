@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 from federation.errors import FederationError
@@ -56,6 +57,9 @@ REASON_CODES: dict[str, grpc.StatusCode] = {
 TRANSIENT_CODES = frozenset({C.UNAVAILABLE, C.DEADLINE_EXCEEDED, C.ABORTED})
 #: Reasons that are permanent whatever their status.
 PERMANENT_REASONS = frozenset({"OVERSIZE"})
+#: Refusals that a newer manifest at the peer cures: right after a renewal or key rotation the
+#: peer may not have adopted the manifest listing our new certificate yet.
+TRANSIENT_REASONS = frozenset({"UNKNOWN_PEER", "UNKNOWN_KEY"})
 
 
 def code_for(err: FederationError) -> grpc.StatusCode:
@@ -89,11 +93,14 @@ class RemoteError(FederationError):
 def reason_from_metadata(metadata: Sequence[tuple[str, Any]] | None) -> str:
     for key, value in metadata or ():
         if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for d in status.details:
-                info = error_details_pb2.ErrorInfo()
-                if d.Unpack(info) and info.domain == ERROR_DOMAIN:
-                    return str(info.reason)
+            try:
+                status = status_pb2.Status.FromString(value)
+                for d in status.details:
+                    info = error_details_pb2.ErrorInfo()
+                    if d.Unpack(info) and info.domain == ERROR_DOMAIN:
+                        return str(info.reason)
+            except DecodeError:
+                pass  # a peer's malformed details: fall back to the plain trailer or the code
     for key, value in metadata or ():
         if key == "cccfed-reason":
             return str(value)
@@ -111,5 +118,7 @@ def from_rpc_error(peer: str, e: grpc.RpcError) -> RemoteError:
 def is_transient(err: BaseException) -> bool:
     """The retry predicate: only transport-level, try-again-later failures."""
     if isinstance(err, RemoteError):
+        if err.reason in TRANSIENT_REASONS:
+            return True
         return err.code in TRANSIENT_CODES and err.reason not in PERMANENT_REASONS
     return False

@@ -35,7 +35,7 @@ Global___ReceiptStatus: _TypeAlias = ReceiptStatus  # noqa: Y015
 
 @_typing.final
 class Envelope(_message.Message):
-    """The signed envelope every business message travels in (docs/PROTOCOL.md §3).
+    """The signed envelope every business message travels in (docs/PROTOCOL.md §4).
 
     `header` and `payload` are opaque bytes on the wire: the receiver verifies exactly the bytes it
     received and never re-serialises them. The signature covers
@@ -225,7 +225,7 @@ class ErrorDetail(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
-    """One of the reasons listed in docs/PROTOCOL.md §8, e.g. "BAD_SIGNATURE"."""
+    """One of the reasons listed in docs/PROTOCOL.md §9, e.g. "BAD_SIGNATURE"."""
     message: _builtins.str
     message_id: _builtins.str
     """The message_id concerned, when there is one."""

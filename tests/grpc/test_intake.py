@@ -299,11 +299,14 @@ def test_health_serving_then_unreachable_after_stop(cluster: Cluster, fed: Feder
         (C.UNAVAILABLE, "UNAVAILABLE", True),
         (C.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", True),
         (C.UNAVAILABLE, "STORE", True),
-        (C.PERMISSION_DENIED, "UNKNOWN_KEY", False),
+        # a peer may not have adopted the manifest listing a renewed certificate or key yet
+        (C.PERMISSION_DENIED, "UNKNOWN_KEY", True),
         (C.INVALID_ARGUMENT, "BAD_SIGNATURE", False),
         (C.RESOURCE_EXHAUSTED, "OVERSIZE", False),
         (C.ALREADY_EXISTS, "DUPLICATE_CONFLICT", False),
-        (C.UNAUTHENTICATED, "UNKNOWN_PEER", False),
+        (C.UNAUTHENTICATED, "UNKNOWN_PEER", True),
+        (C.PERMISSION_DENIED, "REVOKED_KEY", False),
+        (C.FAILED_PRECONDITION, "WRONG_RECIPIENT", False),
     ],
 )
 def test_is_transient(code: grpc.StatusCode, reason: str, transient: bool) -> None:
@@ -337,7 +340,8 @@ def test_call_with_retry_does_not_retry_a_permanent_refusal(
     cluster: Cluster, fed: Federation
 ) -> None:
     node, peer = cluster[SH], cluster[JS]
-    env = ping_envelope(fed.unlisted_signer(SH), SH, JS)
+    # sealed for Zhejiang, sent to Jiangsu: refused for good (WRONG_RECIPIENT)
+    env = ping_envelope(fed.signer(SH), SH, ZJ)
     before = rows(peer.engine)
     attempts = 0
 
@@ -349,7 +353,7 @@ def test_call_with_retry_does_not_retry_a_permanent_refusal(
     with pytest.raises(RemoteError) as ei:
         cluster.run(node.peers.call_with_retry(attempt, attempts=3, initial=0.01, cap=0.05))
     assert attempts == 1
-    assert (ei.value.code, ei.value.reason) == (C.PERMISSION_DENIED, "UNKNOWN_KEY")
+    assert (ei.value.code, ei.value.reason) == (C.FAILED_PRECONDITION, "WRONG_RECIPIENT")
     assert rows(peer.engine) == before
 
 
