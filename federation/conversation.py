@@ -116,7 +116,7 @@ def fold(
         try:
             state = step(state, e)
         except ValidationError as err:
-            if err.reason not in {"INVALID_TRANSITION", "INVALID"}:
+            if err.reason not in {"INVALID_TRANSITION", "INVALID_EVENT", "INVALID"}:
                 raise
             void.append(e)
         else:

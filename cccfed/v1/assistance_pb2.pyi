@@ -3,6 +3,934 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+import builtins as _builtins
+import sys
+import typing as _typing
+
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
+else:
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _RequestKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RequestKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RequestKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REQUEST_KIND_UNSPECIFIED: _RequestKind.ValueType  # 0
+    REQUEST_KIND_ASSISTANCE: _RequestKind.ValueType  # 1
+    """协查 (item 16): the products are used in the recipient's province; investigate and reply
+    within 15 days.
+    """
+    REQUEST_KIND_VERIFICATION: _RequestKind.ValueType  # 2
+    """核实 (item 15): an application was made where the products are tested, displayed or
+    repaired; check with the place of use.
+    """
+    REQUEST_KIND_LEAD: _RequestKind.ValueType  # 3
+    """问题线索 (item 19): a problem lead found in double-random supervision, handed to the bureau
+    competent for it.
+    """
+
+class RequestKind(_RequestKind, metaclass=_RequestKindEnumTypeWrapper):
+    """------------------------------------------------------------------------------------------
+    Requests (sent by the requesting node; Header.recipient_bureau is Request.target_bureau)
+
+    The lifecycle of a request is one ordered list of events that both nodes apply with the same
+    rules (federation/requests.py): the Request itself ("sent"), the receipt that answers it
+    ("delivered", whose ReceiptBody.received_at starts the 15-day reply period), then the event
+    messages below. Every event carries the request_id of the Request it belongs to; the event's
+    time is its envelope's Header.created_at. Dates are Asia/Shanghai calendar dates written
+    "YYYY-MM-DD" (empty when absent).
+
+    What the requesting bureau asks for (guideline section 三).
+    """
+
+REQUEST_KIND_UNSPECIFIED: RequestKind.ValueType  # 0
+REQUEST_KIND_ASSISTANCE: RequestKind.ValueType  # 1
+"""协查 (item 16): the products are used in the recipient's province; investigate and reply
+within 15 days.
+"""
+REQUEST_KIND_VERIFICATION: RequestKind.ValueType  # 2
+"""核实 (item 15): an application was made where the products are tested, displayed or
+repaired; check with the place of use.
+"""
+REQUEST_KIND_LEAD: RequestKind.ValueType  # 3
+"""问题线索 (item 19): a problem lead found in double-random supervision, handed to the bureau
+competent for it.
+"""
+Global___RequestKind: _TypeAlias = RequestKind  # noqa: Y015
+
+class _UseType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UseTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UseType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USE_TYPE_UNSPECIFIED: _UseType.ValueType  # 0
+    USE_TYPE_RESEARCH_TESTING: _UseType.ValueType  # 1
+    """Products and samples for research, testing and certification testing."""
+    USE_TYPE_REPAIR: _UseType.ValueType  # 2
+    """Parts or products directly for end-user repair."""
+    USE_TYPE_PRODUCTION_LINE: _UseType.ValueType  # 3
+    """Equipment or parts for a factory or complete production line."""
+    USE_TYPE_COMMERCIAL_DISPLAY: _UseType.ValueType  # 4
+    """Products for display only, not for sale."""
+    USE_TYPE_WHOLE_MACHINE_EXPORT: _UseType.ValueType  # 5
+    """Parts imported to build machines that are all exported."""
+
+class UseType(_UseType, metaclass=_UseTypeEnumTypeWrapper):
+    """The exemption clause (免办条款) under which the products are used; numbered as in the
+    guideline's checklist.
+    """
+
+USE_TYPE_UNSPECIFIED: UseType.ValueType  # 0
+USE_TYPE_RESEARCH_TESTING: UseType.ValueType  # 1
+"""Products and samples for research, testing and certification testing."""
+USE_TYPE_REPAIR: UseType.ValueType  # 2
+"""Parts or products directly for end-user repair."""
+USE_TYPE_PRODUCTION_LINE: UseType.ValueType  # 3
+"""Equipment or parts for a factory or complete production line."""
+USE_TYPE_COMMERCIAL_DISPLAY: UseType.ValueType  # 4
+"""Products for display only, not for sale."""
+USE_TYPE_WHOLE_MACHINE_EXPORT: UseType.ValueType  # 5
+"""Parts imported to build machines that are all exported."""
+Global___UseType: _TypeAlias = UseType  # noqa: Y015
+
+class _DeclineReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeclineReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeclineReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DECLINE_REASON_UNSPECIFIED: _DeclineReason.ValueType  # 0
+    DECLINE_REASON_WRONG_JURISDICTION: _DeclineReason.ValueType  # 1
+    """The place of use is not in the responder's province; `suggested_bureau` may name the right
+    one, and the requester may send a linked new request there.
+    """
+    DECLINE_REASON_OUT_OF_SCOPE: _DeclineReason.ValueType  # 2
+    """The matter is not one the linkage mechanism covers."""
+    DECLINE_REASON_INSUFFICIENT_INFORMATION: _DeclineReason.ValueType  # 3
+    """The request lacks what is needed to investigate."""
+    DECLINE_REASON_OTHER: _DeclineReason.ValueType  # 4
+    """Any other reason, explained in `reason`."""
+
+class DeclineReason(_DeclineReason, metaclass=_DeclineReasonEnumTypeWrapper):
+    """Why a request is declined."""
+
+DECLINE_REASON_UNSPECIFIED: DeclineReason.ValueType  # 0
+DECLINE_REASON_WRONG_JURISDICTION: DeclineReason.ValueType  # 1
+"""The place of use is not in the responder's province; `suggested_bureau` may name the right
+one, and the requester may send a linked new request there.
+"""
+DECLINE_REASON_OUT_OF_SCOPE: DeclineReason.ValueType  # 2
+"""The matter is not one the linkage mechanism covers."""
+DECLINE_REASON_INSUFFICIENT_INFORMATION: DeclineReason.ValueType  # 3
+"""The request lacks what is needed to investigate."""
+DECLINE_REASON_OTHER: DeclineReason.ValueType  # 4
+"""Any other reason, explained in `reason`."""
+Global___DeclineReason: _TypeAlias = DeclineReason  # noqa: Y015
+
+class _Conclusion:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConclusionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Conclusion.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONCLUSION_UNSPECIFIED: _Conclusion.ValueType  # 0
+    CONCLUSION_CONFIRMED: _Conclusion.ValueType  # 1
+    """What the question asked about was found to be so."""
+    CONCLUSION_NOT_CONFIRMED: _Conclusion.ValueType  # 2
+    """It was found not to be so."""
+    CONCLUSION_PARTIALLY_CONFIRMED: _Conclusion.ValueType  # 3
+    """Partly so; the finding says which part."""
+    CONCLUSION_UNDETERMINED: _Conclusion.ValueType  # 4
+    """It could not be determined (e.g. the holder or the products could not be found)."""
+
+class Conclusion(_Conclusion, metaclass=_ConclusionEnumTypeWrapper):
+    """The responder's conclusion on one question."""
+
+CONCLUSION_UNSPECIFIED: Conclusion.ValueType  # 0
+CONCLUSION_CONFIRMED: Conclusion.ValueType  # 1
+"""What the question asked about was found to be so."""
+CONCLUSION_NOT_CONFIRMED: Conclusion.ValueType  # 2
+"""It was found not to be so."""
+CONCLUSION_PARTIALLY_CONFIRMED: Conclusion.ValueType  # 3
+"""Partly so; the finding says which part."""
+CONCLUSION_UNDETERMINED: Conclusion.ValueType  # 4
+"""It could not be determined (e.g. the holder or the products could not be found)."""
+Global___Conclusion: _TypeAlias = Conclusion  # noqa: Y015
+
+class _FollowUpAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FollowUpActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FollowUpAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FOLLOW_UP_ACTION_UNSPECIFIED: _FollowUpAction.ValueType  # 0
+    FOLLOW_UP_ACTION_NONE: _FollowUpAction.ValueType  # 1
+    """No follow-up needed (may not be combined with other actions)."""
+    FOLLOW_UP_ACTION_RECTIFICATION: _FollowUpAction.ValueType  # 2
+    """Minor problems: rectification (整改) supervised locally."""
+    FOLLOW_UP_ACTION_INVESTIGATION: _FollowUpAction.ValueType  # 3
+    """Suspected violation: an investigation (立案调查) was opened."""
+
+class FollowUpAction(_FollowUpAction, metaclass=_FollowUpActionEnumTypeWrapper):
+    """Follow-up measures (guideline item 14)."""
+
+FOLLOW_UP_ACTION_UNSPECIFIED: FollowUpAction.ValueType  # 0
+FOLLOW_UP_ACTION_NONE: FollowUpAction.ValueType  # 1
+"""No follow-up needed (may not be combined with other actions)."""
+FOLLOW_UP_ACTION_RECTIFICATION: FollowUpAction.ValueType  # 2
+"""Minor problems: rectification (整改) supervised locally."""
+FOLLOW_UP_ACTION_INVESTIGATION: FollowUpAction.ValueType  # 3
+"""Suspected violation: an investigation (立案调查) was opened."""
+Global___FollowUpAction: _TypeAlias = FollowUpAction  # noqa: Y015
+
+@_typing.final
+class Contact(_message.Message):
+    """A person to contact at a bureau."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PHONE_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Full name."""
+    phone: _builtins.str
+    """Telephone number as dialled from another province (digits, spaces, "+", "-", parentheses)."""
+    email: _builtins.str
+    """E-mail address."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        phone: _builtins.str = ...,
+        email: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "name", b"name", "phone", b"phone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Contact: _TypeAlias = Contact  # noqa: Y015
+
+@_typing.final
+class Holder(_message.Message):
+    """The certificate holder (免办单位) concerned."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    USCC_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Registered name of the holder."""
+    uscc: _builtins.str
+    """Unified social credit code (18 characters, GB 32100-2015, check character verified)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        uscc: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "uscc", b"uscc"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Holder: _TypeAlias = Holder  # noqa: Y015
+
+@_typing.final
+class Product(_message.Message):
+    """One product line of the certificates concerned."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    HS_CODE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Product name as on the certificate."""
+    model: _builtins.str
+    """Model / specification as on the certificate."""
+    quantity: _builtins.int
+    """Quantity (pieces, sets); always positive."""
+    hs_code: _builtins.str
+    """HS code, 6 to 10 digits, or empty when not known."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        model: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+        hs_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hs_code", b"hs_code", "model", b"model", "name", b"name", "quantity", b"quantity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Product: _TypeAlias = Product  # noqa: Y015
+
+@_typing.final
+class Attachment(_message.Message):
+    """A file carried inside the signed message, so the signature covers its content."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """File name without any directory part, e.g. "inspection-photo-1.jpg"."""
+    media_type: _builtins.str
+    """Media type, e.g. "application/pdf"."""
+    sha256: _builtins.bytes
+    """SHA-256 of `content` (32 bytes); the receiver recomputes and compares it."""
+    size: _builtins.int
+    """Length of `content` in bytes; the receiver compares it and applies its size limit."""
+    content: _builtins.bytes
+    """The file itself."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        media_type: _builtins.str = ...,
+        sha256: _builtins.bytes = ...,
+        size: _builtins.int = ...,
+        content: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "media_type", b"media_type", "name", b"name", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Attachment: _TypeAlias = Attachment  # noqa: Y015
+
+@_typing.final
+class Question(_message.Message):
+    """One question the requester wants answered; the reply gives one Finding per question."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Identifier unique within the request, e.g. "q1"."""
+    text: _builtins.str
+    """The question in plain language."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Question: _TypeAlias = Question  # noqa: Y015
+
+@_typing.final
+class Request(_message.Message):
+    """A new assistance, verification or lead request. Sending it is the "sent" event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    REQUESTING_BUREAU_FIELD_NUMBER: _builtins.int
+    REQUESTER_CONTACT_FIELD_NUMBER: _builtins.int
+    TARGET_BUREAU_FIELD_NUMBER: _builtins.int
+    HOLDER_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_NOS_FIELD_NUMBER: _builtins.int
+    PRODUCTS_FIELD_NUMBER: _builtins.int
+    USE_TYPE_FIELD_NUMBER: _builtins.int
+    PLACE_OF_USE_FIELD_NUMBER: _builtins.int
+    QUESTIONS_FIELD_NUMBER: _builtins.int
+    ATTACHMENTS_FIELD_NUMBER: _builtins.int
+    REQUESTED_REPLY_BY_FIELD_NUMBER: _builtins.int
+    LINKED_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    BACKGROUND_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """UUID (lowercase, with dashes) chosen by the requester; the same on both nodes for the whole
+    lifecycle.
+    """
+    kind: Global___RequestKind.ValueType
+    """What is asked for."""
+    requesting_bureau: _builtins.str
+    """Division code of the requesting bureau (the sender's node or a city/district below it)."""
+    target_bureau: _builtins.str
+    """Division code of the bureau asked (a Delta bureau under another province's node). The
+    message is routed to that province's node, which assigns it internally.
+    """
+    use_type: Global___UseType.ValueType
+    """The clause under which the products are used."""
+    place_of_use: _builtins.str
+    """Where the products are used (address in the recipient's jurisdiction)."""
+    requested_reply_by: _builtins.str
+    """"YYYY-MM-DD": an earlier reply-by date the requester asks for, or empty. The reply is due at
+    the earlier of this date and the legal 15-day date.
+    """
+    linked_request_id: _builtins.str
+    """request_id of the request this one follows from (e.g. one declined for wrong jurisdiction
+    that named this target), or empty.
+    """
+    background: _builtins.str
+    """The facts found so far that prompt the request (free text, may be empty)."""
+    @_builtins.property
+    def requester_contact(self) -> Global___Contact:
+        """Who at the requesting bureau handles the case."""
+
+    @_builtins.property
+    def holder(self) -> Global___Holder:
+        """The holder concerned."""
+
+    @_builtins.property
+    def certificate_nos(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Exemption certificate numbers concerned (may be empty only for a verification request,
+        where the application is still under review).
+        """
+
+    @_builtins.property
+    def products(self) -> _containers.RepeatedCompositeFieldContainer[Global___Product]:
+        """The products concerned (at least one)."""
+
+    @_builtins.property
+    def questions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Question]:
+        """What to investigate (at least one question)."""
+
+    @_builtins.property
+    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attachment]:
+        """Supporting documents (inspection record, photos, contracts)."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        kind: Global___RequestKind.ValueType = ...,
+        requesting_bureau: _builtins.str = ...,
+        requester_contact: Global___Contact | None = ...,
+        target_bureau: _builtins.str = ...,
+        holder: Global___Holder | None = ...,
+        certificate_nos: _abc.Iterable[_builtins.str] | None = ...,
+        products: _abc.Iterable[Global___Product] | None = ...,
+        use_type: Global___UseType.ValueType = ...,
+        place_of_use: _builtins.str = ...,
+        questions: _abc.Iterable[Global___Question] | None = ...,
+        attachments: _abc.Iterable[Global___Attachment] | None = ...,
+        requested_reply_by: _builtins.str = ...,
+        linked_request_id: _builtins.str = ...,
+        background: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["holder", b"holder", "requester_contact", b"requester_contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "background", b"background", "certificate_nos", b"certificate_nos", "holder", b"holder", "kind", b"kind", "linked_request_id", b"linked_request_id", "place_of_use", b"place_of_use", "products", b"products", "questions", b"questions", "request_id", b"request_id", "requested_reply_by", b"requested_reply_by", "requester_contact", b"requester_contact", "requesting_bureau", b"requesting_bureau", "target_bureau", b"target_bureau", "use_type", b"use_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Request: _TypeAlias = Request  # noqa: Y015
+
+@_typing.final
+class RequestAccepted(_message.Message):
+    """------------------------------------------------------------------------------------------
+    Lifecycle events (each travels in its own envelope between the two nodes)
+
+    The responder's node accepted the request and assigned it to one of its bureaus.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ASSIGNED_BUREAU_FIELD_NUMBER: _builtins.int
+    ASSIGNEE_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SEEN_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request concerned."""
+    assigned_bureau: _builtins.str
+    """Division code of the bureau that will investigate (under the target's provincial node)."""
+    index: _builtins.int
+    """Place of this event in its author's stream of events for this request (the Request itself
+    is the requester's event 0; the responder's first event is its event 0).
+    """
+    seen: _builtins.int
+    """How many of the other party's events the author had applied when it wrote this one; with
+    `index` it orders concurrent events of the two parties the same way on both nodes.
+    """
+    @_builtins.property
+    def assignee(self) -> Global___Contact:
+        """Who at the assigned bureau handles the case."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        assigned_bureau: _builtins.str = ...,
+        assignee: Global___Contact | None = ...,
+        index: _builtins.int = ...,
+        seen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_bureau", b"assigned_bureau", "assignee", b"assignee", "index", b"index", "request_id", b"request_id", "seen", b"seen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestAccepted: _TypeAlias = RequestAccepted  # noqa: Y015
+
+@_typing.final
+class RequestDeclined(_message.Message):
+    """The responder declines the request (before replying). Ends the request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REASON_CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SUGGESTED_BUREAU_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SEEN_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request concerned."""
+    reason_code: Global___DeclineReason.ValueType
+    """Machine-readable reason."""
+    reason: _builtins.str
+    """Explanation for people (required)."""
+    suggested_bureau: _builtins.str
+    """With DECLINE_REASON_WRONG_JURISDICTION only: the bureau the request should go to, or empty."""
+    index: _builtins.int
+    """Place of this event in its author's stream of events for this request (the Request itself
+    is the requester's event 0; the responder's first event is its event 0).
+    """
+    seen: _builtins.int
+    """How many of the other party's events the author had applied when it wrote this one; with
+    `index` it orders concurrent events of the two parties the same way on both nodes.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        reason_code: Global___DeclineReason.ValueType = ...,
+        reason: _builtins.str = ...,
+        suggested_bureau: _builtins.str = ...,
+        index: _builtins.int = ...,
+        seen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "reason", b"reason", "reason_code", b"reason_code", "request_id", b"request_id", "seen", b"seen", "suggested_bureau", b"suggested_bureau"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestDeclined: _TypeAlias = RequestDeclined  # noqa: Y015
+
+@_typing.final
+class RequestWithdrawn(_message.Message):
+    """The requester withdraws its request (after delivery, before the reply). Ends the request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SEEN_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request concerned."""
+    reason: _builtins.str
+    """Why, for people (may be empty)."""
+    index: _builtins.int
+    """Place of this event in its author's stream of events for this request (the Request itself
+    is the requester's event 0; the responder's first event is its event 0).
+    """
+    seen: _builtins.int
+    """How many of the other party's events the author had applied when it wrote this one; with
+    `index` it orders concurrent events of the two parties the same way on both nodes.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        index: _builtins.int = ...,
+        seen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "reason", b"reason", "request_id", b"request_id", "seen", b"seen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestWithdrawn: _TypeAlias = RequestWithdrawn  # noqa: Y015
+
+@_typing.final
+class ProgressReport(_message.Message):
+    """An interim progress report from the responder while it investigates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    ATTACHMENTS_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SEEN_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request concerned."""
+    text: _builtins.str
+    """What has been done so far (required)."""
+    index: _builtins.int
+    """Place of this event in its author's stream of events for this request (the Request itself
+    is the requester's event 0; the responder's first event is its event 0).
+    """
+    seen: _builtins.int
+    """How many of the other party's events the author had applied when it wrote this one; with
+    `index` it orders concurrent events of the two parties the same way on both nodes.
+    """
+    @_builtins.property
+    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attachment]:
+        """Supporting documents."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        attachments: _abc.Iterable[Global___Attachment] | None = ...,
+        index: _builtins.int = ...,
+        seen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "index", b"index", "request_id", b"request_id", "seen", b"seen", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProgressReport: _TypeAlias = ProgressReport  # noqa: Y015
+
+@_typing.final
+class ExtensionRequested(_message.Message):
+    """The responder asks for more time (at most one request pending at a time)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ADDITIONAL_DAYS_FIELD_NUMBER: _builtins.int
+    NEW_DUE_DATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SEEN_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request concerned."""
+    additional_days: _builtins.int
+    """Days added to the current due date (1 to 365)."""
+    new_due_date: _builtins.str
+    """"YYYY-MM-DD", later than the current due date."""
+    reason: _builtins.str
+    """Why more time is needed (required)."""
+    index: _builtins.int
+    """Place of this event in its author's stream of events for this request (the Request itself
+    is the requester's event 0; the responder's first event is its event 0).
+    """
+    seen: _builtins.int
+    """How many of the other party's events the author had applied when it wrote this one; with
+    `index` it orders concurrent events of the two parties the same way on both nodes.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        additional_days: _builtins.int = ...,
+        new_due_date: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        index: _builtins.int = ...,
+        seen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["additional_days", b"additional_days", "extension", b"extension", "new_due_date", b"new_due_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_days", b"additional_days", "extension", b"extension", "index", b"index", "new_due_date", b"new_due_date", "reason", b"reason", "request_id", b"request_id", "seen", b"seen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_extension: _TypeAlias = _typing.Literal["additional_days", "new_due_date"]  # noqa: Y015
+    _WhichOneofArgType_extension: _TypeAlias = _typing.Literal["extension", b"extension"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_extension) -> _WhichOneofReturnType_extension | None: ...
+
+Global___ExtensionRequested: _TypeAlias = ExtensionRequested  # noqa: Y015
+
+@_typing.final
+class ExtensionDecided(_message.Message):
+    """The requester grants or refuses the pending extension request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    GRANTED_FIELD_NUMBER: _builtins.int
+    NEW_DUE_DATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SEEN_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request concerned."""
+    granted: _builtins.bool
+    """Whether the extension is granted."""
+    new_due_date: _builtins.str
+    """When granted: "YYYY-MM-DD", the due date granted (later than the current one), or empty to
+    grant exactly what was asked. Empty when refused.
+    """
+    reason: _builtins.str
+    """Explanation for people (may be empty)."""
+    index: _builtins.int
+    """Place of this event in its author's stream of events for this request (the Request itself
+    is the requester's event 0; the responder's first event is its event 0).
+    """
+    seen: _builtins.int
+    """How many of the other party's events the author had applied when it wrote this one; with
+    `index` it orders concurrent events of the two parties the same way on both nodes.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        granted: _builtins.bool = ...,
+        new_due_date: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        index: _builtins.int = ...,
+        seen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["granted", b"granted", "index", b"index", "new_due_date", b"new_due_date", "reason", b"reason", "request_id", b"request_id", "seen", b"seen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExtensionDecided: _TypeAlias = ExtensionDecided  # noqa: Y015
+
+@_typing.final
+class Finding(_message.Message):
+    """The answer to one question of the request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUESTION_ID_FIELD_NUMBER: _builtins.int
+    FINDING_FIELD_NUMBER: _builtins.int
+    CONCLUSION_FIELD_NUMBER: _builtins.int
+    question_id: _builtins.str
+    """Question.id this answers."""
+    finding: _builtins.str
+    """What was found (required)."""
+    conclusion: Global___Conclusion.ValueType
+    """The conclusion."""
+    def __init__(
+        self,
+        *,
+        question_id: _builtins.str = ...,
+        finding: _builtins.str = ...,
+        conclusion: Global___Conclusion.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conclusion", b"conclusion", "finding", b"finding", "question_id", b"question_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Finding: _TypeAlias = Finding  # noqa: Y015
+
+@_typing.final
+class FollowUp(_message.Message):
+    """One follow-up measure taken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    action: Global___FollowUpAction.ValueType
+    """The measure."""
+    note: _builtins.str
+    """Details, e.g. the rectification deadline or the case number (may be empty)."""
+    def __init__(
+        self,
+        *,
+        action: Global___FollowUpAction.ValueType = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "note", b"note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FollowUp: _TypeAlias = FollowUp  # noqa: Y015
+
+@_typing.final
+class Reply(_message.Message):
+    """The responder's reply (反馈调查结果): discharges the reply obligation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FINDINGS_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    FOLLOW_UPS_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SEEN_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request concerned."""
+    summary: _builtins.str
+    """Overall summary for people (may be empty)."""
+    index: _builtins.int
+    """Place of this event in its author's stream of events for this request (the Request itself
+    is the requester's event 0; the responder's first event is its event 0).
+    """
+    seen: _builtins.int
+    """How many of the other party's events the author had applied when it wrote this one; with
+    `index` it orders concurrent events of the two parties the same way on both nodes.
+    """
+    @_builtins.property
+    def findings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Finding]:
+        """Exactly one finding per question of the request."""
+
+    @_builtins.property
+    def evidence(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attachment]:
+        """Evidence gathered (inspection records, photos)."""
+
+    @_builtins.property
+    def follow_ups(self) -> _containers.RepeatedCompositeFieldContainer[Global___FollowUp]:
+        """Follow-up taken (at least one; FOLLOW_UP_ACTION_NONE when nothing is needed)."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        findings: _abc.Iterable[Global___Finding] | None = ...,
+        evidence: _abc.Iterable[Global___Attachment] | None = ...,
+        follow_ups: _abc.Iterable[Global___FollowUp] | None = ...,
+        summary: _builtins.str = ...,
+        index: _builtins.int = ...,
+        seen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence", "findings", b"findings", "follow_ups", b"follow_ups", "index", b"index", "request_id", b"request_id", "seen", b"seen", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reply: _TypeAlias = Reply  # noqa: Y015
+
+@_typing.final
+class RequestClosed(_message.Message):
+    """The requester closes the request after the reply. Ends the request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SEEN_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request concerned."""
+    note: _builtins.str
+    """Closing note for people (may be empty)."""
+    index: _builtins.int
+    """Place of this event in its author's stream of events for this request (the Request itself
+    is the requester's event 0; the responder's first event is its event 0).
+    """
+    seen: _builtins.int
+    """How many of the other party's events the author had applied when it wrote this one; with
+    `index` it orders concurrent events of the two parties the same way on both nodes.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        note: _builtins.str = ...,
+        index: _builtins.int = ...,
+        seen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "note", b"note", "request_id", b"request_id", "seen", b"seen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestClosed: _TypeAlias = RequestClosed  # noqa: Y015
+
+@_typing.final
+class Bulletin(_message.Message):
+    """------------------------------------------------------------------------------------------
+    Bulletins (item 18): circulars to every member; no reply is owed.
+
+    A circular sent by one node to every other member node (one envelope per member, the same
+    bulletin_id in each).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BULLETIN_ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    ATTACHMENTS_FIELD_NUMBER: _builtins.int
+    bulletin_id: _builtins.str
+    """UUID (lowercase, with dashes) chosen by the sender."""
+    title: _builtins.str
+    """Title (required)."""
+    body: _builtins.str
+    """Text (required)."""
+    @_builtins.property
+    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attachment]:
+        """Documents circulated with it."""
+
+    def __init__(
+        self,
+        *,
+        bulletin_id: _builtins.str = ...,
+        title: _builtins.str = ...,
+        body: _builtins.str = ...,
+        attachments: _abc.Iterable[Global___Attachment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "body", b"body", "bulletin_id", b"bulletin_id", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Bulletin: _TypeAlias = Bulletin  # noqa: Y015
+
+@_typing.final
+class BulletinRead(_message.Message):
+    """A member's acknowledgement that it has read a bulletin. The reading member is the envelope's
+    Header.sender_node and the time of reading its Header.created_at.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BULLETIN_ID_FIELD_NUMBER: _builtins.int
+    bulletin_id: _builtins.str
+    """The bulletin read."""
+    def __init__(
+        self,
+        *,
+        bulletin_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulletin_id", b"bulletin_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BulletinRead: _TypeAlias = BulletinRead  # noqa: Y015

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, LargeBinary, TypeDecorator
+from sqlalchemy import DateTime, LargeBinary, TypeDecorator, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
@@ -135,3 +135,95 @@ class HolidaySchedule(SQLModel, table=True):
     schedule: bytes = Field(sa_type=LargeBinary)
     source: str
     imported_at: datetime = utc_field()
+
+
+class RequestRow(SQLModel, table=True):
+    """This node's view of one assistance/verification/lead request (either side of it).
+
+    The view is derived: it is recomputed from ``request_events`` (both parties' events in one
+    causal order) whenever one is added, and kept here for listing and obligations.
+    """
+
+    __tablename__ = "requests"
+
+    request_id: str = Field(primary_key=True, max_length=36)
+    #: "requester" or "responder": which side this node is on
+    role: str = Field(max_length=10, index=True)
+    kind: str = Field(max_length=16)
+    requesting_bureau: str = Field(max_length=6)
+    requester_node: str = Field(max_length=6, index=True)
+    target_bureau: str = Field(max_length=6)
+    responder_node: str = Field(max_length=6, index=True)
+    assigned_bureau: str | None = Field(default=None, max_length=6)
+    holder_name: str
+    holder_uscc: str = Field(max_length=18, index=True)
+    #: The serialized cccfed.v1.Request exactly as sent or received
+    request: bytes = Field(sa_type=LargeBinary)
+    status: str = Field(max_length=24, index=True)
+    received_at: datetime | None = utc_field(nullable=True)
+    due_date: str | None = Field(default=None, max_length=10)
+    due_ends_at: datetime | None = utc_field(nullable=True, index=True)
+    due_provisional: bool = False
+    linked_request_id: str | None = Field(default=None, max_length=36)
+    #: JSON of the derived state (history, extension, reply summary) for `request show`
+    view: str = ""
+    created_at: datetime = utc_field()
+    updated_at: datetime = utc_field()
+
+
+class RequestEvent(SQLModel, table=True):
+    """One lifecycle event of a request, from either party, as the exact message bytes."""
+
+    __tablename__ = "request_events"
+    __table_args__ = (UniqueConstraint("request_id", "side", "idx"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    request_id: str = Field(max_length=36, index=True)
+    #: "requester" or "responder": who wrote it
+    side: str = Field(max_length=10)
+    #: position in its author's stream (the request itself is requester #0)
+    idx: int
+    #: how many of the other party's events its author had seen
+    seen: int
+    kind: str = Field(max_length=64)
+    message_id: str = Field(max_length=36)
+    payload: bytes = Field(sa_type=LargeBinary)
+    created_at: datetime = utc_field()
+    #: refused by the rules at its place in the merged order (on both nodes alike)
+    void: bool = False
+
+
+class Reminder(SQLModel, table=True):
+    """A reminder produced once per (request, offset) by the idempotent sweep."""
+
+    __tablename__ = "reminders"
+
+    request_id: str = Field(primary_key=True, max_length=36)
+    #: e.g. "due-in-3d", "due-in-1d", "overdue"
+    key: str = Field(primary_key=True, max_length=24)
+    due_date: str = Field(max_length=10)
+    produced_at: datetime = utc_field()
+
+
+class BulletinRow(SQLModel, table=True):
+    """A circular sent or received (guideline item 18)."""
+
+    __tablename__ = "bulletins"
+
+    bulletin_id: str = Field(primary_key=True, max_length=36)
+    sender_node: str = Field(max_length=6)
+    title: str
+    bulletin: bytes = Field(sa_type=LargeBinary)
+    sent_at: datetime = utc_field()
+    received_at: datetime | None = utc_field(nullable=True)
+    read_at: datetime | None = utc_field(nullable=True)
+
+
+class BulletinRead(SQLModel, table=True):
+    """A member's read acknowledgement of a bulletin this node sent."""
+
+    __tablename__ = "bulletin_reads"
+
+    bulletin_id: str = Field(primary_key=True, max_length=36)
+    node: str = Field(primary_key=True, max_length=6)
+    read_at: datetime = utc_field()

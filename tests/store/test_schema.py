@@ -21,8 +21,20 @@ from sqlmodel import SQLModel
 from node.store.db import alembic_config, current_revision, make_engine, migrate, transaction
 from node.store.ops import MANIFESTS, record_manifest
 
-TABLES = {"inbox", "outbox", "message_log", "log_head", "manifests", "holiday_schedules"}
-HEAD = "0003"
+TABLES = {
+    "inbox",
+    "outbox",
+    "message_log",
+    "log_head",
+    "manifests",
+    "holiday_schedules",
+    "requests",
+    "request_events",
+    "reminders",
+    "bulletins",
+    "bulletin_reads",
+}
+HEAD = "0004"
 
 
 def head_revision() -> str:
