@@ -534,9 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(sub, "demo", cmd_demo, "run the four-province demo", json=False)
     sp.add_argument("--dir")
 
-    from node.cli_calendar import register
+    from node import cli_calendar, cli_requests
 
-    register(sub, add)
+    cli_calendar.register(sub, add)
+    cli_requests.register(sub, add)
     return p
 
 

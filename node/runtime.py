@@ -121,6 +121,9 @@ class Node:
         self._stopping = False
         self._health: Any = None
         self._record_manifest()
+        from node.assistance import Assistance
+
+        self.assistance = Assistance(self)
 
     # --- registry -------------------------------------------------------------------------
 
