@@ -6,21 +6,31 @@ Each step prints what happened. Later capabilities add their flows here.
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import tempfile
 import time
+import tomllib
+import uuid
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.engine import Connection
 
 from cccfed.v1 import federation_pb2
+from federation import requests
+from federation.errors import FederationError
 from node import output
+from node.assistance import READS
 from node.config import load_config
 from node.local import LocalFederation, config_path, ensure_federation, wait_serving
 from node.logbundle import verify_store
 from node.runtime import Node
 from node.store.ops import OUTBOX
 
+EXAMPLE_REQUEST = (
+    Path(__file__).resolve().parents[1] / "docs" / "examples" / "assistance-request.toml"
+)
 NAMES = {
     "310000": "上海 Shanghai",
     "320000": "江苏 Jiangsu",
@@ -37,6 +47,115 @@ def outbox_row(node: Node, message_id: str) -> dict[str, object]:
     with node.reader.connect() as conn:
         r = conn.execute(select(OUTBOX).where(OUTBOX.c.message_id == message_id)).one()
     return dict(r._mapping)
+
+
+def _mark_read(node: Node, bulletin_id: str, conn: Connection) -> None:
+    node.assistance.mark_read(conn, bulletin_id)
+
+
+async def _wait_status(node: Node, request_id: str, status: str, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with node.reader.connect() as conn:
+            if node.assistance.view(conn, request_id).state.status.value == status:
+                return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"request {request_id} did not reach {status} at {node.code}")
+
+
+async def _assistance_demo(nodes: dict[str, Node]) -> None:
+    sh, js = nodes["310000"], nodes["320000"]
+    step(
+        "5. Shanghai's inspection finds exempted repair parts used in Suzhou: "
+        "assistance request (协查) to 320500"
+    )
+    data = tomllib.loads(EXAMPLE_REQUEST.read_text(encoding="utf-8"))
+    request = sh.assistance.parse_new(data)
+    rid = await sh.run_and_send(lambda c: sh.assistance.create(c, request))
+    print(f"310000 sent request {rid} to bureau 320500 (holder {request.holder.name})")
+    await _wait_status(sh, rid, "delivered")
+    await _wait_status(js, rid, "delivered")
+    with sh.reader.connect() as c:
+        due = sh.assistance.view(c, rid).state.due
+    assert due is not None
+    print(
+        f"delivered; the 15-day reply period runs from the receipt: due {due.due_date} "
+        f"(until 24:00 Beijing time = {due.ends_at:%Y-%m-%d %H:%M} UTC)"
+    )
+
+    step("6. Jiangsu assigns it to Suzhou (320500) and replies with findings and follow-up")
+    accepted = requests.Accepted(
+        assigned_bureau="320500", assignee=requests.Contact(name="李强", phone="0512-6688 0000")
+    )
+    await js.run_and_send(lambda c: js.assistance.act(c, rid, accepted))
+    await _wait_status(sh, rid, "accepted")
+    reply = requests.Replied(
+        findings=(
+            requests.Finding(
+                "q1", "经现场核查，零部件用于最终用户维修。", requests.Conclusion.CONFIRMED
+            ),
+            requests.Finding(
+                "q2", "部分已退运出关，剩余 5 件待销毁。", requests.Conclusion.PARTIALLY_CONFIRMED
+            ),
+        ),
+        follow_ups=(requests.FollowUp(requests.FollowUpAction.RECTIFICATION, "限期 30 日整改"),),
+        summary="已责令该单位整改并补办核销。",
+    )
+    await js.run_and_send(lambda c: js.assistance.act(c, rid, reply))
+    await _wait_status(sh, rid, "replied")
+
+    step("7. Shanghai closes it; both nodes hold the same view")
+    await sh.run_and_send(lambda c: sh.assistance.act(c, rid, requests.Closed("收悉，谢谢协助")))
+    await _wait_status(js, rid, "closed")
+    rows = []
+    views = {}
+    for code, n in (("310000", sh), ("320000", js)):
+        with n.reader.connect() as c:
+            v = n.assistance.view(c, rid)
+        views[code] = v.state.to_dict()
+        st = v.state
+        rows.append(
+            (
+                code,
+                v.role,
+                st.status.value,
+                st.assigned_bureau,
+                st.due.due_date if st.due else "-",
+                len(st.history),
+            )
+        )
+    output.table(["node", "side", "status", "assigned", "due", "events"], rows)
+    if views["310000"] != views["320000"]:
+        raise RuntimeError("the two nodes disagree about the request")
+    print("both views identical (status, due date, history)")
+
+    step("8. A bulletin (通报) to every member; read acknowledgements come back")
+    bulletin = requests.parse_bulletin(
+        {"title": "关于长三角CCC免办联动协查情况的通报", "body": "本季度协查 1 件，已办结。"},
+        bulletin_id=str(uuid.uuid4()),
+    )
+    await sh.run_and_send(lambda c: sh.assistance.send_bulletin(c, bulletin))
+    for code in ("320000", "330000", "340000"):
+        n = nodes[code]
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                await n.run_and_send(functools.partial(_mark_read, n, bulletin.bulletin_id))
+                break
+            except FederationError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+    deadline = time.monotonic() + 30
+    read_by: list[str] = []
+    while time.monotonic() < deadline and len(read_by) < 3:
+        with sh.reader.connect() as c:
+            read_by = sorted(
+                r.node
+                for r in c.execute(select(READS).where(READS.c.bulletin_id == bulletin.bulletin_id))
+            )
+        await asyncio.sleep(0.2)
+    print(f"bulletin {bulletin.bulletin_id[:8]} read by {', '.join(read_by)}")
 
 
 async def _demo(fed: LocalFederation) -> None:
@@ -87,7 +206,9 @@ async def _demo(fed: LocalFederation) -> None:
         if row["state"] != "delivered":
             raise RuntimeError("the queued message was not delivered")
 
-        step("5. Every node's hash-chained message log verifies (chain + every signature)")
+        await _assistance_demo(nodes)
+
+        step("9. Every node's hash-chained message log verifies (chain + every signature)")
         vrows = []
         for code, n in nodes.items():
             r = verify_store(n.reader, n.ca, code)
@@ -112,7 +233,7 @@ def run_demo(directory: Path | None = None) -> int:
         asyncio.run(_demo(fed))
         ok = True
     finally:
-        step("6. Shutting down (SIGTERM to every node)")
+        step("10. Shutting down (SIGTERM to every node)")
         codes = fed.stop_all()
         output.table(["node", "exit code"], sorted(codes.items()))
         clean = all(rc == 0 for rc in codes.values())

@@ -85,9 +85,16 @@ class LocalFederation:
                         raise TimeoutError(f"node {code} did not start within {timeout}s") from None
                     time.sleep(0.1)
 
-    def stop(self, code: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+    def stop(
+        self,
+        code: str,
+        sig: int = signal.SIGTERM,
+        timeout: float = 20.0,
+        *,
+        signalled: bool = False,
+    ) -> int:
         proc = self.procs.pop(code)
-        if proc.poll() is None:
+        if proc.poll() is None and not signalled:
             proc.send_signal(sig)
         try:
             return proc.wait(timeout)
@@ -101,7 +108,8 @@ class LocalFederation:
             p = self.procs[code]
             if p.poll() is None:
                 p.send_signal(sig)
-        return {code: self.stop(code, sig) for code in list(self.procs)}
+        # One signal each: a second SIGTERM during shutdown would kill the process uncleanly.
+        return {code: self.stop(code, sig, signalled=True) for code in list(self.procs)}
 
 
 async def wait_serving(node: object, codes: list[str], within: float = 30.0) -> dict[str, str]:

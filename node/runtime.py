@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 SWITCH_INTERVAL = 0.0005
+#: How often a serving node produces due reminders (the sweep is idempotent).
+REMINDER_SWEEP_SECONDS = 60.0
 DeliveredHook = Callable[[Connection, Claimed, VerifiedReceipt], None]
 T = TypeVar("T")
 
@@ -330,6 +334,9 @@ class Node:
         with self.reader.connect() as conn:
             return inbox_receipt_for_exact(conn, message_id=mid, envelope=raw, sender_node=peer)
 
+    def sweep_reminders(self, now: datetime, conn: Connection) -> list[dict[str, Any]]:
+        return self.assistance.sweep(conn, now)
+
     def health_problems(self) -> list[str]:
         """Why this node should not serve (empty when healthy)."""
         now = self.clock()
@@ -384,8 +391,15 @@ class Node:
             await self._health.set(svc, status)
 
     async def _housekeeping(self) -> None:
+        last_sweep = 0.0
         while not self._stopping:
             await asyncio.sleep(self.cfg.manifest_refresh_seconds)
+            if time.monotonic() - last_sweep >= REMINDER_SWEEP_SECONDS:
+                last_sweep = time.monotonic()
+                try:
+                    await self.writer.run(functools.partial(self.sweep_reminders, self.clock()))
+                except Exception:  # a failed sweep is retried at the next round
+                    log.exception("housekeeping: reminder sweep failed")
             try:
                 await self.refresh_manifest()
             except Exception:
