@@ -65,6 +65,8 @@ class NodeConfig:
     manifest_refresh_seconds: float = 5.0
     #: Address of the Prometheus metrics endpoint ("" = off).
     metrics_listen: str = ""
+    #: Days before a reply's due date at which a reminder is produced (and once overdue).
+    reminder_days: tuple[int, ...] = (3, 1)
 
 
 def _get(
@@ -107,6 +109,7 @@ _KNOWN = {
         "max_message_age_seconds",
         "call_timeout_seconds",
     },
+    "obligations": {"reminder_days"},
     "delivery": {
         "retry_initial_seconds",
         "retry_max_seconds",
@@ -216,6 +219,16 @@ def load_config(path: Path | str) -> NodeConfig:
         "poll_seconds",
     ):
         _positive(getattr(delivery, key), f"{path}: [delivery] {key}")
+    ob = _section(doc, "obligations", path, required=False)
+    days = ob.get("reminder_days", [3, 1])
+    where = f"{path}: [obligations] reminder_days"
+    if not isinstance(days, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 365 for d in days
+    ):
+        raise ConfigError(
+            f"{where}: must be a list of whole days between 0 and 365, e.g. [3, 1]",
+            reason="CONFIG_TYPE",
+        )
     return NodeConfig(
         path=path,
         code=code,
@@ -232,4 +245,5 @@ def load_config(path: Path | str) -> NodeConfig:
         replica=_get(node, "node", "replica", str, path, ""),
         manifest_refresh_seconds=_get(manifest, "manifest", "refresh_seconds", float, path, 5.0),
         metrics_listen=_get(node, "node", "metrics_listen", str, path, ""),
+        reminder_days=tuple(days),
     )

@@ -348,6 +348,10 @@ key = "sign.key"
 [manifest]
 path = "../../manifest.bin"
 
+[obligations]
+# reminders this many days before a reply is due (and once it is overdue)
+reminder_days = [3, 1]
+
 [limits]
 max_message_bytes = 4194304
 max_clock_skew_seconds = 300

@@ -127,7 +127,7 @@ class Node:
         self._record_manifest()
         from node.assistance import Assistance
 
-        self.assistance = Assistance(self)
+        self.assistance = Assistance(self, reminder_days=cfg.reminder_days)
 
     # --- registry -------------------------------------------------------------------------
 
