@@ -39,7 +39,7 @@ from sqlalchemy.engine import Connection
 from cccfed.v1 import assistance_pb2 as pb
 from federation import conversation, requests
 from federation.envelope import Opened, VerifiedReceipt, header_of
-from federation.errors import ValidationError
+from federation.errors import FederationError, ValidationError
 from federation.holidays import HolidayCalendar, YearSchedule
 from federation.periods import Due, days_left, is_overdue, shanghai_date
 from node import calendar_store
@@ -473,6 +473,13 @@ class Assistance:
         row = conn.execute(select(REQUESTS).where(REQUESTS.c.request_id == request_id)).first()
         if row is None:
             raise ValidationError(f"request {request_id} is unknown here", reason="UNKNOWN_REQUEST")
+        if row.role == "requester" and row.received_at is None:
+            # The responder acts on a request whose receipt we have not stored yet (our send
+            # is being retried and will get the original receipt): ask it to try again later.
+            raise FederationError(
+                f"request {request_id}: its receipt is not recorded here yet",
+                reason="RECEIPT_PENDING",
+            )
         sender = opened.header.sender_node
         # Only the other party of this request may write to it.
         if row.role == "requester" and sender == row.responder_node:
@@ -665,10 +672,10 @@ class Assistance:
         return out
 
     def sweep(self, conn: Connection, now: dt.datetime) -> list[dict[str, Any]]:
-        """Produce each due reminder once (idempotent: a (request, key) pair is stored)."""
+        """Produce each due reminder once (idempotent: a (request, key, due date) is stored)."""
         produced = []
         for ob in self.obligations(conn, now):
-            # The most urgent reminder that applies now; each is produced once per request.
+            # The most urgent reminder that applies now; each once per request and due date.
             if ob["overdue"]:
                 keys = ["overdue"]
             else:
@@ -676,7 +683,11 @@ class Assistance:
             for key in keys:
                 done = conn.execute(
                     select(REMINDERS.c.key).where(
-                        and_(REMINDERS.c.request_id == ob["request_id"], REMINDERS.c.key == key)
+                        and_(
+                            REMINDERS.c.request_id == ob["request_id"],
+                            REMINDERS.c.key == key,
+                            REMINDERS.c.due_date == ob["due_date"],
+                        )
                     )
                 ).first()
                 if done is not None:

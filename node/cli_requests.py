@@ -565,12 +565,12 @@ def cmd_bulletin_list(args: argparse.Namespace) -> int:
 
 
 def cmd_obligations(args: argparse.Namespace) -> int:
-    node = _node(args)
-    now = node.clock()
     if args.sweep:
-        produced = _run(args, lambda n, conn: n.assistance.sweep(conn, now))
+        produced = _run(args, lambda n, conn: n.assistance.sweep(conn, n.clock()))
         _out(args, produced, f"{len(produced)} reminder(s) produced")
         return 0
+    node = _node(args)
+    now = node.clock()
 
     def read(node: Any, conn: Connection) -> Any:
         if args.report or args.csv:

@@ -48,6 +48,8 @@ REASON_CODES: dict[str, grpc.StatusCode] = {
     "DUPLICATE_CONFLICT": C.ALREADY_EXISTS,
     # this node cannot serve right now
     "STORE": C.UNAVAILABLE,
+    # the receiver waits for something still on its way (e.g. a receipt being retried)
+    "RECEIPT_PENDING": C.UNAVAILABLE,
     "NOT_SERVING": C.UNAVAILABLE,
 }
 

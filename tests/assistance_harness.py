@@ -33,14 +33,17 @@ from federation.errors import FederationError
 from node.assistance import RequestView
 from node.config import load_config
 from node.runtime import Node
+from node.status import REASON_CODES, TRANSIENT_CODES, TRANSIENT_REASONS
 from node.store.ops import (
     OUTBOX,
     QUEUED,
+    RETRY,
     SENDING,
     Claimed,
     inbox_accept,
     outbox_delivered,
     outbox_failed,
+    outbox_retry_later,
 )
 
 T = TypeVar("T")
@@ -135,11 +138,15 @@ def reply(question_ids: tuple[str, ...] = ("q1", "q2")) -> requests.Replied:
     return requests.Replied(
         findings=tuple(
             requests.Finding(
-                question_id=q, finding=f"{q}: 经现场核查属实", conclusion=requests.Conclusion.CONFIRMED
+                question_id=q,
+                finding=f"{q}: 经现场核查属实",
+                conclusion=requests.Conclusion.CONFIRMED,
             )
             for q in question_ids
         ),
-        follow_ups=(requests.FollowUp(action=requests.FollowUpAction.RECTIFICATION, note="责令整改"),),
+        follow_ups=(
+            requests.FollowUp(action=requests.FollowUpAction.RECTIFICATION, note="责令整改"),
+        ),
         summary="维修中心确有使用上述零部件。",
     )
 
@@ -168,7 +175,7 @@ def in_flight(sender: Node, recipient: str) -> list[Any]:
                 select(OUTBOX)
                 .where(
                     OUTBOX.c.recipient_node == recipient,
-                    OUTBOX.c.state.in_((QUEUED, SENDING)),
+                    OUTBOX.c.state.in_((QUEUED, SENDING, RETRY)),
                 )
                 .order_by(OUTBOX.c.id)
             ).all()
@@ -272,9 +279,15 @@ def send_next(sender: Node, receiver: Node) -> tuple[Claimed, bytes | Federation
         receipt = receive(receiver, sender.code, c.envelope, c.service)
     except FederationError as e:
         reason, error = e.reason, str(e)
-        sender.writer.submit(
-            lambda s: outbox_failed(s, row_id=c.id, reason=reason, error=error)
-        ).result()
+        if REASON_CODES.get(reason) in TRANSIENT_CODES or reason in TRANSIENT_REASONS:
+            # As the worker does: a transient refusal waits and is sent again later.
+            sender.writer.submit(
+                lambda s: outbox_retry_later(s, row_id=c.id, error=error, next_at=sender.clock())
+            ).result()
+        else:
+            sender.writer.submit(
+                lambda s: outbox_failed(s, row_id=c.id, reason=reason, error=error)
+            ).result()
         return c, e
     return c, receipt
 
@@ -304,7 +317,9 @@ def deliver_all(*nodes: Node) -> list[FederationError]:
                 if receiver is sender:
                     continue
                 while (outcome := deliver_next(sender, receiver)) is not False:
-                    progress_made = True
                     if isinstance(outcome, FederationError):
                         refusals.append(outcome)
+                        if outcome.reason == "RECEIPT_PENDING":
+                            break  # waits for the other direction; try again next round
+                    progress_made = True
     return refusals

@@ -194,14 +194,18 @@ class RequestEvent(SQLModel, table=True):
 
 
 class Reminder(SQLModel, table=True):
-    """A reminder produced once per (request, offset) by the idempotent sweep."""
+    """A reminder produced once per (request, offset, due date) by the idempotent sweep.
+
+    The due date is part of the key: after a granted extension, the reminders count again
+    towards the new date.
+    """
 
     __tablename__ = "reminders"
 
     request_id: str = Field(primary_key=True, max_length=36)
     #: e.g. "due-in-3d", "due-in-1d", "overdue"
     key: str = Field(primary_key=True, max_length=24)
-    due_date: str = Field(max_length=10)
+    due_date: str = Field(primary_key=True, max_length=10)
     produced_at: datetime = utc_field()
 
 

@@ -41,7 +41,7 @@ def upgrade() -> None:
         sa.Column("key", sa.String(length=24), nullable=False),
         sa.Column("due_date", sa.String(length=10), nullable=False),
         sa.Column("produced_at", node.store.models.UTCDateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("request_id", "key"),
+        sa.PrimaryKeyConstraint("request_id", "key", "due_date"),
     )
     op.create_table(
         "request_events",
