@@ -473,13 +473,6 @@ class Assistance:
         row = conn.execute(select(REQUESTS).where(REQUESTS.c.request_id == request_id)).first()
         if row is None:
             raise ValidationError(f"request {request_id} is unknown here", reason="UNKNOWN_REQUEST")
-        if row.role == "requester" and row.received_at is None:
-            # The responder acts on a request whose receipt we have not stored yet (our send
-            # is being retried and will get the original receipt): ask it to try again later.
-            raise FederationError(
-                f"request {request_id}: its receipt is not recorded here yet",
-                reason="RECEIPT_PENDING",
-            )
         sender = opened.header.sender_node
         # Only the other party of this request may write to it.
         if row.role == "requester" and sender == row.responder_node:
@@ -489,6 +482,13 @@ class Assistance:
         else:
             raise ValidationError(
                 f"{sender} is not the other party of request {request_id}", reason="WRONG_PARTY"
+            )
+        if row.role == "requester" and row.received_at is None:
+            # The responder acts on a request whose receipt we have not stored yet (our send
+            # is being retried and will get the original receipt): ask it to try again later.
+            raise FederationError(
+                f"request {request_id}: its receipt is not recorded here yet",
+                reason="RECEIPT_PENDING",
             )
         records = self._records(conn, request_id)
         theirs = sum(1 for r in records if r.side == side)
@@ -539,7 +539,7 @@ class Assistance:
                 original, st, request_id=str(uuid.uuid4()), today=shanghai_date(now)
             )
             self.create(conn, linked, send=False)
-        except ValidationError as e:
+        except FederationError as e:  # e.g. a suggested bureau no member serves: no draft
             log.warning("no linked request drafted for %s: %s", v.row.request_id, e.diagnostics())
 
     # --- bulletins -------------------------------------------------------------------------
