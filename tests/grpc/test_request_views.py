@@ -297,3 +297,49 @@ def test_responder_event_arriving_before_the_requests_receipt_is_stored(
         assert view(sh, rid).state.status is requests.RequestStatus.ACCEPTED
     finally:
         close_pair((sh, js))
+
+
+def _linked_drafts(node: Node, rid: str) -> list[str]:
+    return [
+        str(r[0])
+        for r in read(
+            node,
+            lambda c: c.execute(
+                select(REQUESTS.c.request_id, REQUESTS.c.status).where(
+                    REQUESTS.c.linked_request_id == rid
+                )
+            ).all(),
+        )
+    ]
+
+
+@pytest.mark.parametrize(("members", "drafted"), [((SH, JS, "330000"), True), ((SH, JS), False)])
+def test_wrong_jurisdiction_decline_drafts_a_linked_request(
+    tmp_path: Path, members: tuple[str, ...], drafted: bool
+) -> None:
+    """A decline for wrong jurisdiction naming Hangzhou (330100) drafts a linked request to it at
+    the requester when a member serves Hangzhou; when none does, nothing is drafted and the
+    decline is still accepted on both sides."""
+    root = tmp_path / "fed"
+    pki.init_federation(
+        root, list(members), ports=dict(zip(members, free_ports(len(members)), strict=True))
+    )
+    sh, js = node_at(root, SH, tmp_path / "sh.db"), node_at(root, JS, tmp_path / "js.db")
+    try:
+        rid = new_request(sh)
+        assert deliver_all(sh, js) == []
+        declined = requests.Declined(
+            requests.DeclineReason.WRONG_JURISDICTION, "产品实际在杭州使用", "330100"
+        )
+        act(js, rid, declined)
+        assert deliver_all(js, sh) == []
+        assert_same_views(sh, js, rid)
+        assert view(sh, rid).state.status is requests.RequestStatus.DECLINED
+        drafts = _linked_drafts(sh, rid)
+        assert len(drafts) == (1 if drafted else 0)
+        if drafted:
+            d = view(sh, drafts[0])
+            assert d.row.status == "draft" and d.row.target_bureau == "330100"
+            assert d.row.responder_node == "330000"
+    finally:
+        close_pair((sh, js))
