@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from federation.errors import FederationError, ValidationError
 from node import output, pki
@@ -551,6 +552,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except OSError as e:
         print(f"cccfed: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as e:
+        # The store is unreachable or refused the operation (e.g. PostgreSQL down).
+        detail = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        print(f"cccfed: error: store: {type(e).__name__}: {detail} [STORE]", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

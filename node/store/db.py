@@ -115,7 +115,8 @@ def migrate(engine: Engine, revision: str = "head") -> None:
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242001)")
             command.upgrade(alembic_config(conn), revision)
     except OperationalError as e:
-        raise StoreError(f"cannot migrate the store: {e.orig}") from e
+        detail = str(e.orig).strip().splitlines()[0]
+        raise StoreError(f"cannot migrate the store: {detail}") from e
 
 
 def current_revision(engine: Engine) -> str | None:

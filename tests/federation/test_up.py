@@ -84,6 +84,24 @@ def test_up_all_pairs_ping_and_sigterm_stops_every_node(tmp_path: Path) -> None:
         assert "shutting down" in (root / "nodes" / code / "node.log").read_text()
 
 
+def test_cli_with_an_unreachable_store_says_so_in_one_line(tmp_path: Path) -> None:
+    from node import pki
+
+    pki.init_federation(tmp_path / "fed", ["310000", "320000"], base_port=47990)
+    cfg = tmp_path / "fed" / "nodes" / "310000" / "node.toml"
+    cfg.write_text(
+        cfg.read_text().replace(
+            'store_url = "sqlite:///store.db"',
+            'store_url = "postgresql+psycopg://postgres@127.0.0.1:1/test"',
+        )
+    )
+    for args in (["outbox", "list"], ["request", "list"], ["log", "verify"]):
+        res = cli(*args, "--config", str(cfg))
+        assert res.returncode == 1, (args, res.stdout, res.stderr)
+        assert res.stderr.count("\n") == 1 and res.stderr.startswith("cccfed: error: ")
+        assert "[STORE]" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_cli_expected_failures_are_one_line(tmp_path: Path) -> None:
     res = cli("ping", "--config", str(tmp_path / "missing.toml"))
     assert res.returncode == 1
