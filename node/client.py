@@ -65,6 +65,8 @@ def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
+        # A second process must not silently share the port (gRPC enables SO_REUSEPORT).
+        ("grpc.so_reuseport", 0),
     ]
 
 

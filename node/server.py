@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from federation.envelope import open_envelope
-from federation.errors import FederationError
+from federation.errors import ConfigError, FederationError
 from node.client import server_options
 from node.faults import failpoint
 from node.status import code_for, error_trailers
@@ -229,7 +229,14 @@ def build_server(node: Node) -> tuple[grpc.aio.Server, health.aio.HealthServicer
         fetch_tls,
         require_client_authentication=True,
     )
-    port = server.add_secure_port(node.cfg.listen, creds)
+    try:
+        port = server.add_secure_port(node.cfg.listen, creds)
+    except RuntimeError as e:
+        raise ConfigError(
+            f"{node.cfg.path}: [node] listen: cannot listen on {node.cfg.listen} "
+            "(in use by another process?)",
+            reason="LISTEN",
+        ) from e
     node.bound_port = port
     return server, health_servicer
 

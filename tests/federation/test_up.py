@@ -110,3 +110,29 @@ def test_cli_expected_failures_are_one_line(tmp_path: Path) -> None:
     res = cli("pki", "init", "--dir", str(tmp_path / "x"), "--nodes", "110000")
     assert res.returncode == 1 and "110000" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "x" / "federation.json").exists()
+
+
+def test_a_second_process_cannot_take_a_running_nodes_port(tmp_path: Path) -> None:
+    from node import pki
+    from node.local import free_ports
+
+    [port] = free_ports(1)
+    pki.init_federation(tmp_path / "fed", ["310000"], ports={"310000": port})
+    cfg = str(tmp_path / "fed" / "nodes" / "310000" / "node.toml")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "node", "serve", "--config", cfg],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while cli("status", "--config", cfg).returncode != 0:
+            assert time.monotonic() < deadline, "first node did not start"
+            time.sleep(0.2)
+        second = cli("node", "serve", "--config", cfg)
+        assert second.returncode == 1
+        assert "[LISTEN]" in second.stderr and "Traceback" not in second.stderr
+        assert first.poll() is None  # the first one is undisturbed
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(30) == 0
