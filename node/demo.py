@@ -7,19 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import shutil
 import tempfile
 import time
 import tomllib
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from cccfed.v1 import federation_pb2
+from federation import draw as draws
 from federation import requests
 from federation.errors import FederationError
+from federation.experts import parse_registry_csv
+from federation.periods import shanghai_date
 from node import output
 from node.assistance import READS
 from node.config import load_config
@@ -28,9 +33,9 @@ from node.logbundle import verify_store
 from node.runtime import Node
 from node.store.ops import OUTBOX
 
-EXAMPLE_REQUEST = (
-    Path(__file__).resolve().parents[1] / "docs" / "examples" / "assistance-request.toml"
-)
+EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
+EXAMPLE_REQUEST = EXAMPLES / "assistance-request.toml"
+ANHUI_EXPERTS = EXAMPLES / "experts-anhui.csv"
 NAMES = {
     "310000": "上海 Shanghai",
     "320000": "江苏 Jiangsu",
@@ -158,6 +163,86 @@ async def _assistance_demo(nodes: dict[str, Node]) -> None:
     print(f"bulletin {bulletin.bulletin_id[:8]} read by {', '.join(read_by)}")
 
 
+async def _wait_exchange(node: Node, exchange_id: str, status: str, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with node.reader.connect() as conn:
+            try:
+                if node.exchange.view(conn, exchange_id).state.status.value == status:
+                    return
+            except FederationError:
+                pass  # not arrived yet
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"exchange {exchange_id} did not reach {status} at {node.code}")
+
+
+async def _exchange_demo(nodes: dict[str, Node]) -> None:
+    zj, ah = nodes["330000"], nodes["340000"]
+    step(
+        "9. Zhejiang (Hangzhou 330100) asks Anhui 340000 for two experts; Anhui matches its "
+        "registry and proposes"
+    )
+    registry = parse_registry_csv(ANHUI_EXPERTS.read_bytes(), ANHUI_EXPERTS.name, province="340000")
+    imported = await ah.run_and_send(
+        lambda c: ah.exchange.import_registry(c, registry, source=ANHUI_EXPERTS.name)
+    )
+    print(f"340000 imported {len(imported['added'])} experts from {ANHUI_EXPERTS.name}")
+    today = shanghai_date(zj.clock())
+    data = {
+        "host_bureau": "330100",
+        "provider_province": "340000",
+        "dates": [(today + timedelta(days=d)).isoformat() for d in (21, 22)],
+        "place": "杭州市滨江区江南大道 3888 号",
+        "holder_uscc": "913304007429141869",
+        "categories": ["低压电器"],
+        "experts_wanted": 2,
+        "reply_by": (today + timedelta(days=10)).isoformat(),
+    }
+    request, host_value = zj.exchange.parse_new(data)
+    xid = await zj.run_and_send(lambda c: zj.exchange.create(c, request, host_value))
+    print(
+        f"330000 sent exchange {xid[:8]} with commit(h) = {request.host_commitment.hex()[:16]}… "
+        "(h stays on Zhejiang's node)"
+    )
+    await _wait_exchange(ah, xid, "requested")
+    proposed = await ah.run_and_send(lambda c: ah.exchange.propose(c, xid))
+    proposal = proposed.state.proposal
+    assert proposal is not None
+    with ah.reader.connect() as c:
+        audit = json.loads(ah.exchange.view(c, xid).row.audit or "{}")
+    for expert_id, reasons in audit.get("excluded", {}).items():
+        print(f"  not eligible: {expert_id} ({', '.join(reasons)})")
+    print(
+        f"340000 proposed {len(proposal.candidates)} candidates "
+        f"({', '.join(f'{e.name} {e.expert_id}' for e in proposal.candidates)}), k={proposal.k}, "
+        f"p = {proposal.provider_value.hex()[:16]}…; they are held for those dates"
+    )
+    await _wait_exchange(zj, xid, "proposed")
+
+    step("10. Zhejiang reveals h and confirms the draw; Anhui confirms attendance; both verify")
+    confirmed = await zj.run_and_send(lambda c: zj.exchange.confirm(c, xid))
+    record = confirmed.state.draw
+    assert record is not None
+    names = {e.expert_id: e.name for e in proposal.candidates}
+    print(f"drawn: {', '.join(f'{names[i]} ({i})' for i in record.result)}")
+    await _wait_exchange(ah, xid, "confirmed")
+    await ah.run_and_send(lambda c: ah.exchange.confirm(c, xid))
+    await _wait_exchange(zj, xid, "attendance_confirmed")
+    rows = []
+    states = {}
+    for code, n in (("330000", zj), ("340000", ah)):
+        with n.reader.connect() as c:
+            v = n.exchange.view(c, xid)
+            stored = n.exchange.draw_record(c, xid)
+        draws.check_draw(stored)  # recomputed from the signed messages each node holds
+        states[code] = v.state
+        rows.append((code, v.role, v.state.status.value, ", ".join(stored.result), "verified"))
+    output.table(["node", "side", "status", "drawn", "draw"], rows)
+    if states["330000"] != states["340000"]:
+        raise RuntimeError("the two nodes disagree about the exchange")
+    print(f"both views identical; anyone can recompute it: cccfed exchange verify-draw {xid[:8]}")
+
+
 async def _demo(fed: LocalFederation) -> None:
     root = fed.root
     nodes = {code: Node(load_config(config_path(root, code))) for code in fed.codes}
@@ -207,8 +292,9 @@ async def _demo(fed: LocalFederation) -> None:
             raise RuntimeError("the queued message was not delivered")
 
         await _assistance_demo(nodes)
+        await _exchange_demo(nodes)
 
-        step("9. Every node's hash-chained message log verifies (chain + every signature)")
+        step("11. Every node's hash-chained message log verifies (chain + every signature)")
         vrows = []
         for code, n in nodes.items():
             r = verify_store(n.reader, n.ca, code)
@@ -233,7 +319,7 @@ def run_demo(directory: Path | None = None) -> int:
         asyncio.run(_demo(fed))
         ok = True
     finally:
-        step("10. Shutting down (SIGTERM to every node)")
+        step("12. Shutting down (SIGTERM to every node)")
         codes = fed.stop_all()
         output.table(["node", "exit code"], sorted(codes.items()))
         clean = all(rc == 0 for rc in codes.values())

@@ -128,6 +128,9 @@ class Node:
         from node.assistance import Assistance
 
         self.assistance = Assistance(self, reminder_days=cfg.reminder_days)
+        from node.exchange import ExpertExchange
+
+        self.exchange = ExpertExchange(self)
 
     # --- registry -------------------------------------------------------------------------
 

@@ -25,13 +25,37 @@ _sym_db = _symbol_database.Default()
 from cccfed.v1 import envelope_pb2 as cccfed_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63\x63\x63\x66\x65\x64/v1/expert_exchange.proto\x12\tcccfed.v1\x1a\x18\x63\x63\x63\x66\x65\x64/v1/envelope.proto2K\n\x15\x45xpertExchangeService\x12\x32\n\x07\x44\x65liver\x12\x13.cccfed.v1.Envelope\x1a\x12.cccfed.v1.Receiptb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63\x63\x63\x66\x65\x64/v1/expert_exchange.proto\x12\tcccfed.v1\x1a\x18\x63\x63\x63\x66\x65\x64/v1/envelope.proto\"\xdf\x01\n\x0f\x45xchangeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0bhost_bureau\x18\x02 \x01(\t\x12\x19\n\x11provider_province\x18\x03 \x01(\t\x12\r\n\x05\x64\x61tes\x18\x04 \x03(\t\x12\r\n\x05place\x18\x05 \x01(\t\x12\x13\n\x0bholder_uscc\x18\x06 \x01(\t\x12\x12\n\ncategories\x18\x07 \x03(\t\x12\x16\n\x0e\x65xperts_wanted\x18\x08 \x01(\r\x12\x10\n\x08reply_by\x18\t \x01(\t\x12\x17\n\x0fhost_commitment\x18\n \x01(\x0c\"U\n\x0e\x45xchangeExpert\x12\x11\n\texpert_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06\x62ureau\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\"\"\n\x0c\x45xchangeTier\x12\x12\n\nexpert_ids\x18\x01 \x03(\t\"\xd6\x01\n\x10\x45xchangeProposed\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0fhost_commitment\x18\x02 \x01(\x0c\x12&\n\x05tiers\x18\x03 \x03(\x0b\x32\x17.cccfed.v1.ExchangeTier\x12\t\n\x01k\x18\x04 \x01(\r\x12\x16\n\x0eprovider_value\x18\x05 \x01(\x0c\x12-\n\ncandidates\x18\x06 \x03(\x0b\x32\x19.cccfed.v1.ExchangeExpert\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"\x97\x01\n\x10\x45xchangeDeclined\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\x06reason\x18\x02 \x01(\x0e\x32 .cccfed.v1.ExchangeDeclineReason\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x12\n\nhost_value\x18\x04 \x01(\x0c\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"h\n\x11\x45xchangeConfirmed\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nhost_value\x18\x02 \x01(\x0c\x12\x0e\n\x06result\x18\x03 \x03(\t\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"N\n\x1b\x45xchangeAttendanceConfirmed\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"f\n\x11\x45xchangeCancelled\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\nhost_value\x18\x03 \x01(\x0c\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"]\n\x1b\x45xchangeRescheduleRequested\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x61tes\x18\x02 \x03(\t\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"U\n\x13\x45xchangeRescheduled\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x61tes\x18\x02 \x03(\t\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"Z\n\x19\x45xchangeRescheduleRefused\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r*\xeb\x01\n\x15\x45xchangeDeclineReason\x12\'\n#EXCHANGE_DECLINE_REASON_UNSPECIFIED\x10\x00\x12/\n+EXCHANGE_DECLINE_REASON_NO_ELIGIBLE_EXPERTS\x10\x01\x12+\n\'EXCHANGE_DECLINE_REASON_TOO_FEW_EXPERTS\x10\x02\x12(\n$EXCHANGE_DECLINE_REASON_OUT_OF_SCOPE\x10\x03\x12!\n\x1d\x45XCHANGE_DECLINE_REASON_OTHER\x10\x04\x32K\n\x15\x45xpertExchangeService\x12\x32\n\x07\x44\x65liver\x12\x13.cccfed.v1.Envelope\x1a\x12.cccfed.v1.Receiptb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cccfed.v1.expert_exchange_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EXPERTEXCHANGESERVICE']._serialized_start=72
-  _globals['_EXPERTEXCHANGESERVICE']._serialized_end=147
+  _globals['_EXCHANGEDECLINEREASON']._serialized_start=1357
+  _globals['_EXCHANGEDECLINEREASON']._serialized_end=1592
+  _globals['_EXCHANGEREQUEST']._serialized_start=73
+  _globals['_EXCHANGEREQUEST']._serialized_end=296
+  _globals['_EXCHANGEEXPERT']._serialized_start=298
+  _globals['_EXCHANGEEXPERT']._serialized_end=383
+  _globals['_EXCHANGETIER']._serialized_start=385
+  _globals['_EXCHANGETIER']._serialized_end=419
+  _globals['_EXCHANGEPROPOSED']._serialized_start=422
+  _globals['_EXCHANGEPROPOSED']._serialized_end=636
+  _globals['_EXCHANGEDECLINED']._serialized_start=639
+  _globals['_EXCHANGEDECLINED']._serialized_end=790
+  _globals['_EXCHANGECONFIRMED']._serialized_start=792
+  _globals['_EXCHANGECONFIRMED']._serialized_end=896
+  _globals['_EXCHANGEATTENDANCECONFIRMED']._serialized_start=898
+  _globals['_EXCHANGEATTENDANCECONFIRMED']._serialized_end=976
+  _globals['_EXCHANGECANCELLED']._serialized_start=978
+  _globals['_EXCHANGECANCELLED']._serialized_end=1080
+  _globals['_EXCHANGERESCHEDULEREQUESTED']._serialized_start=1082
+  _globals['_EXCHANGERESCHEDULEREQUESTED']._serialized_end=1175
+  _globals['_EXCHANGERESCHEDULED']._serialized_start=1177
+  _globals['_EXCHANGERESCHEDULED']._serialized_end=1262
+  _globals['_EXCHANGERESCHEDULEREFUSED']._serialized_start=1264
+  _globals['_EXCHANGERESCHEDULEREFUSED']._serialized_end=1354
+  _globals['_EXPERTEXCHANGESERVICE']._serialized_start=1594
+  _globals['_EXPERTEXCHANGESERVICE']._serialized_end=1669
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,539 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+import builtins as _builtins
+import sys
+import typing as _typing
+
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
+else:
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ExchangeDeclineReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExchangeDeclineReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExchangeDeclineReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXCHANGE_DECLINE_REASON_UNSPECIFIED: _ExchangeDeclineReason.ValueType  # 0
+    EXCHANGE_DECLINE_REASON_NO_ELIGIBLE_EXPERTS: _ExchangeDeclineReason.ValueType  # 1
+    """Provider: nobody fits, is free and has no conflict."""
+    EXCHANGE_DECLINE_REASON_TOO_FEW_EXPERTS: _ExchangeDeclineReason.ValueType  # 2
+    """Host: fewer candidates than wanted."""
+    EXCHANGE_DECLINE_REASON_OUT_OF_SCOPE: _ExchangeDeclineReason.ValueType  # 3
+    """The request is not one the mechanism covers."""
+    EXCHANGE_DECLINE_REASON_OTHER: _ExchangeDeclineReason.ValueType  # 4
+    """Any other reason, explained in `text`."""
+
+class ExchangeDeclineReason(_ExchangeDeclineReason, metaclass=_ExchangeDeclineReasonEnumTypeWrapper):
+    """Why a side declines an exchange."""
+
+EXCHANGE_DECLINE_REASON_UNSPECIFIED: ExchangeDeclineReason.ValueType  # 0
+EXCHANGE_DECLINE_REASON_NO_ELIGIBLE_EXPERTS: ExchangeDeclineReason.ValueType  # 1
+"""Provider: nobody fits, is free and has no conflict."""
+EXCHANGE_DECLINE_REASON_TOO_FEW_EXPERTS: ExchangeDeclineReason.ValueType  # 2
+"""Host: fewer candidates than wanted."""
+EXCHANGE_DECLINE_REASON_OUT_OF_SCOPE: ExchangeDeclineReason.ValueType  # 3
+"""The request is not one the mechanism covers."""
+EXCHANGE_DECLINE_REASON_OTHER: ExchangeDeclineReason.ValueType  # 4
+"""Any other reason, explained in `text`."""
+Global___ExchangeDeclineReason: _TypeAlias = ExchangeDeclineReason  # noqa: Y015
+
+@_typing.final
+class ExchangeRequest(_message.Message):
+    """------------------------------------------------------------------------------------------
+    One exchange is a conversation between two nodes: the host (the node of the bureau that runs
+    the inspection) and the provider (the provincial node asked for experts). Both apply the same
+    events with the same rules (federation/exchange.py) and so agree on where it stands.
+
+    Message order, and why (commit-reveal draw, federation/draw.py):
+      1. ExchangeRequest      host -> provider  carries commit(h) for the host's secret 32-byte
+                                                 value h; h itself stays on the host's node.
+      2. ExchangeProposed     provider -> host  the candidates in fairness tiers, k, and the
+                                                 provider's value p in clear, fixed after commit(h)
+                                                 arrived. The candidates are held for the dates.
+      3. ExchangeConfirmed    host -> provider  reveals h and names the drawn experts; anyone can
+         (or ExchangeDeclined / ExchangeCancelled by the host, which also reveal h)
+                                                 recompute draw(SHA-256(ctx || h || p), tiers, k).
+      4. ExchangeAttendanceConfirmed  provider -> host  the drawn experts will attend.
+    Then, optionally: ExchangeRescheduleRequested (host) answered by ExchangeRescheduled or
+    ExchangeRescheduleRefused (provider); ExchangeCancelled by either side frees the dates.
+
+    Every lifecycle event carries the request_id of the ExchangeRequest it belongs to, its place
+    in its author's stream (`index`; the ExchangeRequest is the host's event 0) and how many of
+    the other side's events its author had seen (`seen`), so that events crossing on the wire are
+    ordered the same way on both nodes. An event's time is its envelope's Header.created_at.
+    Dates are Asia/Shanghai calendar dates written "YYYY-MM-DD". Product categories are the
+    stable codes of federation/ccc_catalogue.py (e.g. "LOW_VOLTAGE_APPARATUS").
+
+    A host bureau asks another province for supervision experts for an inspection.
+    Header.recipient_node is the provider province; Header.sender_bureau the host bureau.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    HOST_BUREAU_FIELD_NUMBER: _builtins.int
+    PROVIDER_PROVINCE_FIELD_NUMBER: _builtins.int
+    DATES_FIELD_NUMBER: _builtins.int
+    PLACE_FIELD_NUMBER: _builtins.int
+    HOLDER_USCC_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    EXPERTS_WANTED_FIELD_NUMBER: _builtins.int
+    REPLY_BY_FIELD_NUMBER: _builtins.int
+    HOST_COMMITMENT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """UUID (lowercase, with dashes) chosen by the host; names the exchange on both nodes."""
+    host_bureau: _builtins.str
+    """Division code of the bureau that runs the inspection (under the sender's node)."""
+    provider_province: _builtins.str
+    """Code of the provincial node asked for experts (another Delta province than the host's)."""
+    place: _builtins.str
+    """Where the inspection takes place (address or site name)."""
+    holder_uscc: _builtins.str
+    """Unified social credit code of the inspected holder, for the provider's conflict checks."""
+    experts_wanted: _builtins.int
+    """How many experts the host wants (1 to 10)."""
+    reply_by: _builtins.str
+    """"YYYY-MM-DD": the host wants the proposal by this date (before the first inspection date)."""
+    host_commitment: _builtins.bytes
+    """SHA-256("cccfed.v1.draw-commit\\0" || h) for the host's secret draw value h (32 bytes);
+    never reused across requests.
+    """
+    @_builtins.property
+    def dates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Inspection dates, "YYYY-MM-DD", sorted, unique, all after the day the request is sent
+        (at most 14 dates spanning at most 31 days).
+        """
+
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Catalogue category codes of the products inspected; each proposed expert covers them all."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        host_bureau: _builtins.str = ...,
+        provider_province: _builtins.str = ...,
+        dates: _abc.Iterable[_builtins.str] | None = ...,
+        place: _builtins.str = ...,
+        holder_uscc: _builtins.str = ...,
+        categories: _abc.Iterable[_builtins.str] | None = ...,
+        experts_wanted: _builtins.int = ...,
+        reply_by: _builtins.str = ...,
+        host_commitment: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "dates", b"dates", "experts_wanted", b"experts_wanted", "holder_uscc", b"holder_uscc", "host_bureau", b"host_bureau", "host_commitment", b"host_commitment", "place", b"place", "provider_province", b"provider_province", "reply_by", b"reply_by", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExchangeRequest: _TypeAlias = ExchangeRequest  # noqa: Y015
+
+@_typing.final
+class ExchangeExpert(_message.Message):
+    """What a partner may know of an expert: nothing else (no phone or ID number, no availability,
+    no conflicts). A receiver refuses a view carrying any other field.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    BUREAU_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    expert_id: _builtins.str
+    """Stable id chosen by the providing province (letters, digits, "_", ".", "-"; at most 64)."""
+    name: _builtins.str
+    """The expert's name."""
+    bureau: _builtins.str
+    """Division code of the expert's bureau."""
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Catalogue category codes the expert can judge."""
+
+    def __init__(
+        self,
+        *,
+        expert_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        bureau: _builtins.str = ...,
+        categories: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bureau", b"bureau", "categories", b"categories", "expert_id", b"expert_id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExchangeExpert: _TypeAlias = ExchangeExpert  # noqa: Y015
+
+@_typing.final
+class ExchangeTier(_message.Message):
+    """One fairness tier: candidates last sent equally long ago (never sent comes first)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERT_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def expert_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Expert ids of the tier, sorted."""
+
+    def __init__(
+        self,
+        *,
+        expert_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expert_ids", b"expert_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExchangeTier: _TypeAlias = ExchangeTier  # noqa: Y015
+
+@_typing.final
+class ExchangeProposed(_message.Message):
+    """The provider proposes candidates and contributes its draw value. Sent only after the request
+    (and so commit(h)) was received; every candidate is held for the dates until the host answers.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    HOST_COMMITMENT_FIELD_NUMBER: _builtins.int
+    TIERS_FIELD_NUMBER: _builtins.int
+    K_FIELD_NUMBER: _builtins.int
+    PROVIDER_VALUE_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SEEN_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The exchange concerned."""
+    host_commitment: _builtins.bytes
+    """Echo of ExchangeRequest.host_commitment: binds this proposal to that request's draw."""
+    k: _builtins.int
+    """How many will be drawn: the number wanted, or all candidates if fewer."""
+    provider_value: _builtins.bytes
+    """The provider's draw value p (32 random bytes), in clear."""
+    index: _builtins.int
+    """Place of this event in its author's stream of events for this exchange."""
+    seen: _builtins.int
+    """How many of the other party's events the author had applied when it wrote this one; with
+    `index` it orders concurrent events of the two parties the same way on both nodes.
+    """
+    @_builtins.property
+    def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExchangeTier]:
+        """Candidates in fairness tiers, least recently sent first; only tiers the draw can reach."""
+
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExchangeExpert]:
+        """Shared views of every candidate, in tier order."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        host_commitment: _builtins.bytes = ...,
+        tiers: _abc.Iterable[Global___ExchangeTier] | None = ...,
+        k: _builtins.int = ...,
+        provider_value: _builtins.bytes = ...,
+        candidates: _abc.Iterable[Global___ExchangeExpert] | None = ...,
+        index: _builtins.int = ...,
+        seen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "host_commitment", b"host_commitment", "index", b"index", "k", b"k", "provider_value", b"provider_value", "request_id", b"request_id", "seen", b"seen", "tiers", b"tiers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExchangeProposed: _TypeAlias = ExchangeProposed  # noqa: Y015
+
+@_typing.final
+class ExchangeDeclined(_message.Message):
+    """The provider declines the request (before proposing), or the host declines the proposal
+    (revealing its draw value, so the refused draw is on the record). Ends the exchange.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    HOST_VALUE_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SEEN_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The exchange concerned."""
+    reason: Global___ExchangeDeclineReason.ValueType
+    """Machine-readable reason."""
+    text: _builtins.str
+    """Explanation for people (required with EXCHANGE_DECLINE_REASON_OTHER)."""
+    host_value: _builtins.bytes
+    """Host only: its draw value h (32 bytes); empty when the provider declines."""
+    index: _builtins.int
+    """Place of this event in its author's stream of events for this exchange."""
+    seen: _builtins.int
+    """How many of the other party's events the author had applied when it wrote this one; with
+    `index` it orders concurrent events of the two parties the same way on both nodes.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        reason: Global___ExchangeDeclineReason.ValueType = ...,
+        text: _builtins.str = ...,
+        host_value: _builtins.bytes = ...,
+        index: _builtins.int = ...,
+        seen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host_value", b"host_value", "index", b"index", "reason", b"reason", "request_id", b"request_id", "seen", b"seen", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExchangeDeclined: _TypeAlias = ExchangeDeclined  # noqa: Y015
+
+@_typing.final
+class ExchangeConfirmed(_message.Message):
+    """The host confirms the proposal: reveals h and names the drawn experts, which the provider
+    recomputes. The drawn experts are booked; the other candidates are released.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    HOST_VALUE_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SEEN_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The exchange concerned."""
+    host_value: _builtins.bytes
+    """The host's draw value h (32 bytes), which must open ExchangeRequest.host_commitment."""
+    index: _builtins.int
+    """Place of this event in its author's stream of events for this exchange."""
+    seen: _builtins.int
+    """How many of the other party's events the author had applied when it wrote this one; with
+    `index` it orders concurrent events of the two parties the same way on both nodes.
+    """
+    @_builtins.property
+    def result(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The drawn expert ids, in draw order."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        host_value: _builtins.bytes = ...,
+        result: _abc.Iterable[_builtins.str] | None = ...,
+        index: _builtins.int = ...,
+        seen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host_value", b"host_value", "index", b"index", "request_id", b"request_id", "result", b"result", "seen", b"seen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExchangeConfirmed: _TypeAlias = ExchangeConfirmed  # noqa: Y015
+
+@_typing.final
+class ExchangeAttendanceConfirmed(_message.Message):
+    """The provider confirms that the drawn experts will attend on the current dates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SEEN_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The exchange concerned."""
+    index: _builtins.int
+    """Place of this event in its author's stream of events for this exchange."""
+    seen: _builtins.int
+    """How many of the other party's events the author had applied when it wrote this one; with
+    `index` it orders concurrent events of the two parties the same way on both nodes.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        index: _builtins.int = ...,
+        seen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "request_id", b"request_id", "seen", b"seen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExchangeAttendanceConfirmed: _TypeAlias = ExchangeAttendanceConfirmed  # noqa: Y015
+
+@_typing.final
+class ExchangeCancelled(_message.Message):
+    """Either side calls the exchange off; the dates are freed. Ends the exchange."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    HOST_VALUE_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SEEN_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The exchange concerned."""
+    text: _builtins.str
+    """Why, for people (may be empty)."""
+    host_value: _builtins.bytes
+    """Host cancelling an open proposal only: its draw value h (32 bytes); empty otherwise."""
+    index: _builtins.int
+    """Place of this event in its author's stream of events for this exchange."""
+    seen: _builtins.int
+    """How many of the other party's events the author had applied when it wrote this one; with
+    `index` it orders concurrent events of the two parties the same way on both nodes.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        host_value: _builtins.bytes = ...,
+        index: _builtins.int = ...,
+        seen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host_value", b"host_value", "index", b"index", "request_id", b"request_id", "seen", b"seen", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExchangeCancelled: _TypeAlias = ExchangeCancelled  # noqa: Y015
+
+@_typing.final
+class ExchangeRescheduleRequested(_message.Message):
+    """The host asks to move a confirmed inspection to other dates; the provider re-checks its
+    drawn experts' availability and answers.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DATES_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SEEN_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The exchange concerned."""
+    index: _builtins.int
+    """Place of this event in its author's stream of events for this exchange."""
+    seen: _builtins.int
+    """How many of the other party's events the author had applied when it wrote this one; with
+    `index` it orders concurrent events of the two parties the same way on both nodes.
+    """
+    @_builtins.property
+    def dates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The new inspection dates, "YYYY-MM-DD", after the day of asking."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        dates: _abc.Iterable[_builtins.str] | None = ...,
+        index: _builtins.int = ...,
+        seen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dates", b"dates", "index", b"index", "request_id", b"request_id", "seen", b"seen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExchangeRescheduleRequested: _TypeAlias = ExchangeRescheduleRequested  # noqa: Y015
+
+@_typing.final
+class ExchangeRescheduled(_message.Message):
+    """The provider moves the exchange to the dates asked for: every drawn expert is free then.
+    Attendance must be confirmed again.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DATES_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SEEN_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The exchange concerned."""
+    index: _builtins.int
+    """Place of this event in its author's stream of events for this exchange."""
+    seen: _builtins.int
+    """How many of the other party's events the author had applied when it wrote this one; with
+    `index` it orders concurrent events of the two parties the same way on both nodes.
+    """
+    @_builtins.property
+    def dates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The new dates, exactly those of the pending ExchangeRescheduleRequested."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        dates: _abc.Iterable[_builtins.str] | None = ...,
+        index: _builtins.int = ...,
+        seen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dates", b"dates", "index", b"index", "request_id", b"request_id", "seen", b"seen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExchangeRescheduled: _TypeAlias = ExchangeRescheduled  # noqa: Y015
+
+@_typing.final
+class ExchangeRescheduleRefused(_message.Message):
+    """The provider cannot move the exchange to the dates asked for; the current dates stand."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SEEN_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The exchange concerned."""
+    text: _builtins.str
+    """Why, for people (may be empty)."""
+    index: _builtins.int
+    """Place of this event in its author's stream of events for this exchange."""
+    seen: _builtins.int
+    """How many of the other party's events the author had applied when it wrote this one; with
+    `index` it orders concurrent events of the two parties the same way on both nodes.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        index: _builtins.int = ...,
+        seen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "request_id", b"request_id", "seen", b"seen", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExchangeRescheduleRefused: _TypeAlias = ExchangeRescheduleRefused  # noqa: Y015

@@ -27,7 +27,9 @@ if _version_not_supported:
 
 class ExpertExchangeServiceStub:
     """Scheduling of supervision experts between provinces (guideline items 9 and 17).
-    Same delivery contract as AssistanceService.
+    Same delivery contract as AssistanceService: every call carries one signed Envelope whose
+    Header.kind names one of the business messages below; the answer is the receiver's signed
+    receipt, returned only after it committed the message.
     """
 
     def __init__(self, channel):
@@ -45,7 +47,9 @@ class ExpertExchangeServiceStub:
 
 class ExpertExchangeServiceServicer:
     """Scheduling of supervision experts between provinces (guideline items 9 and 17).
-    Same delivery contract as AssistanceService.
+    Same delivery contract as AssistanceService: every call carries one signed Envelope whose
+    Header.kind names one of the business messages below; the answer is the receiver's signed
+    receipt, returned only after it committed the message.
     """
 
     def Deliver(self, request, context):
@@ -72,7 +76,9 @@ def add_ExpertExchangeServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ExpertExchangeService:
     """Scheduling of supervision experts between provinces (guideline items 9 and 17).
-    Same delivery contract as AssistanceService.
+    Same delivery contract as AssistanceService: every call carries one signed Envelope whose
+    Header.kind names one of the business messages below; the answer is the receiver's signed
+    receipt, returned only after it committed the message.
     """
 
     @staticmethod

@@ -231,3 +231,111 @@ class BulletinRead(SQLModel, table=True):
     bulletin_id: str = Field(primary_key=True, max_length=36)
     node: str = Field(primary_key=True, max_length=6)
     read_at: datetime = utc_field()
+
+
+class ExpertRow(SQLModel, table=True):
+    """One supervision expert of this node's province (``cccfed experts import``).
+
+    The whole registry entry, private fields included, stays in this table: only the shared view
+    (id, name, bureau, categories) ever goes into a federation message. Experts dropped from a
+    later import are kept inactive, not deleted, because exchanges and bookings name them.
+    List columns hold JSON arrays (dates ranges as ``"2025-05-01/2025-05-07"``).
+    """
+
+    __tablename__ = "experts"
+
+    expert_id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=64)
+    bureau: str = Field(max_length=6)
+    categories: str
+    annual_cap: int
+    unavailable: str = "[]"
+    conflict_holders: str = "[]"
+    conflict_bureaus: str = "[]"
+    #: private: never shared, never logged
+    phone: str = ""
+    #: private: resident ID number, never shared, never logged
+    id_number: str = ""
+    #: False once a registry import with ``--replace`` no longer lists the expert
+    active: bool = Field(default=True, index=True)
+    #: file name of the import that last wrote this entry
+    source: str = ""
+    imported_at: datetime = utc_field()
+
+
+class ExchangeRow(SQLModel, table=True):
+    """This node's view of one expert exchange (host or provider side of it).
+
+    Derived like ``requests``: recomputed from ``exchange_events`` (both sides' events in one
+    causal order) whenever one is added, and kept here for listing.
+    """
+
+    __tablename__ = "exchanges"
+
+    exchange_id: str = Field(primary_key=True, max_length=36)
+    #: "host" or "provider": which side this node is on
+    role: str = Field(max_length=10, index=True)
+    host_bureau: str = Field(max_length=6)
+    host_node: str = Field(max_length=6, index=True)
+    provider_node: str = Field(max_length=6, index=True)
+    #: The serialized cccfed.v1.ExchangeRequest exactly as sent or received
+    request: bytes = Field(sa_type=LargeBinary)
+    #: Host only: the secret draw value behind the request's commitment; it leaves the node
+    #: only inside the host's answer to a proposal.
+    host_value: bytes | None = Field(default=None, sa_type=LargeBinary)
+    host_commitment: bytes = Field(sa_type=LargeBinary)
+    status: str = Field(max_length=24, index=True)
+    #: current inspection dates (JSON array) and the first and last of them
+    dates: str
+    first_date: str = Field(max_length=10, index=True)
+    last_date: str = Field(max_length=10)
+    #: drawn expert ids while booked (JSON array)
+    assigned: str = "[]"
+    #: Provider only: why each registry expert was or was not proposed (JSON; names conflicts)
+    audit: str | None = None
+    #: JSON of the derived state (proposal, draw, history) for `exchange show`
+    view: str = ""
+    #: the receiver's receive time of the request (from its receipt)
+    received_at: datetime | None = utc_field(nullable=True)
+    created_at: datetime = utc_field()
+    updated_at: datetime = utc_field()
+
+
+class ExchangeEvent(SQLModel, table=True):
+    """One event of an exchange, from either side, as the exact message bytes."""
+
+    __tablename__ = "exchange_events"
+    __table_args__ = (UniqueConstraint("exchange_id", "side", "idx"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    exchange_id: str = Field(max_length=36, index=True)
+    #: "host" or "provider": who wrote it
+    side: str = Field(max_length=10)
+    #: position in its author's stream (the request itself is host #0)
+    idx: int
+    #: how many of the other side's events its author had seen
+    seen: int
+    kind: str = Field(max_length=64)
+    message_id: str = Field(max_length=36)
+    payload: bytes = Field(sa_type=LargeBinary)
+    created_at: datetime = utc_field()
+    #: refused by the rules at its place in the merged order (on both nodes alike)
+    void: bool = False
+
+
+class ExpertBooking(SQLModel, table=True):
+    """One day an expert of this province is booked or held, derived from exchange states.
+
+    Rewritten for an exchange in the transaction that changes its state (``bookings_of``), so it
+    never drifts from the events. The primary key (expert, day) makes the database itself refuse
+    a double booking, whatever code or replica tries to write one.
+    """
+
+    __tablename__ = "expert_bookings"
+
+    expert_id: str = Field(primary_key=True, max_length=64)
+    #: Asia/Shanghai date, "YYYY-MM-DD"
+    day: str = Field(primary_key=True, max_length=10)
+    exchange_id: str = Field(max_length=36, index=True)
+    #: held for an open proposal (any candidate may be drawn), not yet confirmed
+    tentative: bool = False

@@ -33,8 +33,12 @@ TABLES = {
     "reminders",
     "bulletins",
     "bulletin_reads",
+    "experts",
+    "exchanges",
+    "exchange_events",
+    "expert_bookings",
 }
-HEAD = "0004"
+HEAD = "0005"
 
 
 def head_revision() -> str:
