@@ -535,11 +535,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(sub, "demo", cmd_demo, "run the four-province demo", json=False)
     sp.add_argument("--dir")
 
-    from node import cli_calendar, cli_exchange, cli_requests
+    from node import cli_calendar, cli_exchange, cli_requests, cli_results
 
     cli_calendar.register(sub, add)
     cli_requests.register(sub, add)
     cli_exchange.register(sub, add)
+    cli_results.register(sub, add)
     return p
 
 

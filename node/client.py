@@ -162,6 +162,19 @@ class PeerPool:
             raise from_rpc_error(peer, e) from e
         return raw  # verified by ManifestHolder.adopt before any use
 
+    async def reconcile(self, peer: str, request: bytes) -> bytes:
+        """One ``Reconcile`` round trip; the answer's bytes are verified by the caller."""
+        stub = self.channel(peer).unary_unary(
+            "/cccfed.v1.RecognitionService/Reconcile",
+            request_serializer=_identity,
+            response_deserializer=_identity,
+        )
+        try:
+            raw: bytes = await stub(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise from_rpc_error(peer, e) from e
+        return raw
+
     async def health(self, peer: str) -> tuple[str, float]:
         """(SERVING | NOT_SERVING | …, round trip seconds) of a peer's overall health."""
         stub = health_pb2_grpc.HealthStub(self.channel(peer))

@@ -39,6 +39,8 @@ Clock = Callable[[], datetime]
 SWITCH_INTERVAL = 0.0005
 #: How often a serving node produces due reminders (the sweep is idempotent).
 REMINDER_SWEEP_SECONDS = 60.0
+#: How often a serving node reconciles its logs with every peer (catch-up after an outage).
+RECONCILE_SECONDS = 60.0
 DeliveredHook = Callable[[Connection, Claimed, VerifiedReceipt], None]
 T = TypeVar("T")
 
@@ -131,6 +133,11 @@ class Node:
         from node.exchange import ExpertExchange
 
         self.exchange = ExpertExchange(self)
+        from node.recognition import Recognition
+
+        self.recognition = Recognition(self)
+        #: Seconds between automatic reconciliation rounds with every peer (0: never).
+        self.reconcile_interval = RECONCILE_SECONDS
 
     # --- registry -------------------------------------------------------------------------
 
@@ -395,8 +402,17 @@ class Node:
 
     async def _housekeeping(self) -> None:
         last_sweep = 0.0
+        last_reconcile = time.monotonic()
         while not self._stopping:
             await asyncio.sleep(self.cfg.manifest_refresh_seconds)
+            if self.reconcile_interval and (
+                time.monotonic() - last_reconcile >= self.reconcile_interval
+            ):
+                last_reconcile = time.monotonic()
+                try:
+                    await self.recognition.reconcile_all()
+                except Exception:  # a failed round is retried at the next interval
+                    log.exception("housekeeping: reconciliation failed")
             if time.monotonic() - last_sweep >= REMINDER_SWEEP_SECONDS:
                 last_sweep = time.monotonic()
                 try:

@@ -192,6 +192,19 @@ def build_server(node: Node) -> tuple[grpc.aio.Server, health.aio.HealthServicer
     async def manifest(_req: bytes, _ctx: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         return node.trust.current.raw
 
+    async def reconcile(req: bytes, ctx: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        def answer() -> bytes:
+            with node.reader.connect() as conn:
+                return node.recognition.answer(conn, req)
+
+        try:
+            return await asyncio.to_thread(answer)
+        except FederationError as e:
+            node.metrics_rejection(e.reason)
+            log.info("refused Reconcile from %s: %s", CURRENT_PEER.get(), e.diagnostics())
+            await abort(ctx, e)
+            raise
+
     handlers = {
         "cccfed.v1.FederationService": {
             "Ping": rpc(EnvelopeIntake(node, "federation")),
@@ -201,7 +214,10 @@ def build_server(node: Node) -> tuple[grpc.aio.Server, health.aio.HealthServicer
         "cccfed.v1.ExpertExchangeService": {
             "Deliver": rpc(EnvelopeIntake(node, "expert_exchange"))
         },
-        "cccfed.v1.RecognitionService": {"Deliver": rpc(EnvelopeIntake(node, "recognition"))},
+        "cccfed.v1.RecognitionService": {
+            "Deliver": rpc(EnvelopeIntake(node, "recognition")),
+            "Reconcile": rpc(reconcile),
+        },
     }
     server.add_generic_rpc_handlers(
         [grpc.method_handlers_generic_handler(name, methods) for name, methods in handlers.items()]

@@ -3,6 +3,200 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+import builtins as _builtins
+import sys
+import typing as _typing
+
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
+else:
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class CheckpointNote(_message.Message):
+    """Payload of an envelope (kind "cccfed.v1.CheckpointNote"), and one origin's part of a
+    ReconcileResponse: a signed checkpoint with the entries [old_size, size) of its log.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNED_CHECKPOINT_FIELD_NUMBER: _builtins.int
+    OLD_SIZE_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_PROOF_FIELD_NUMBER: _builtins.int
+    PREFIX_PROOF_FIELD_NUMBER: _builtins.int
+    signed_checkpoint: _builtins.bytes
+    """The signed checkpoint note (C2SP signed-note text), exactly as signed; it may carry
+    cosignature lines, which are verified one by one and ignored when they do not verify.
+    """
+    old_size: _builtins.int
+    """The size of the checkpoint the entries and proof start from."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The canonical bytes of the inspection result records [old_size, size), in log order."""
+
+    @_builtins.property
+    def consistency_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """RFC 6962 consistency proof from old_size to the checkpoint's size."""
+
+    @_builtins.property
+    def prefix_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """When old_size is a power of two: the prefix proof (the consistency proof preceded by the
+        root of the first old_size entries), which lets the receiver prove a fork; empty otherwise.
+        """
+
+    def __init__(
+        self,
+        *,
+        signed_checkpoint: _builtins.bytes = ...,
+        old_size: _builtins.int = ...,
+        entries: _abc.Iterable[_builtins.bytes] | None = ...,
+        consistency_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+        prefix_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_proof", b"consistency_proof", "entries", b"entries", "old_size", b"old_size", "prefix_proof", b"prefix_proof", "signed_checkpoint", b"signed_checkpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckpointNote: _TypeAlias = CheckpointNote  # noqa: Y015
+
+@_typing.final
+class CheckpointCosignature(_message.Message):
+    """Payload of an envelope (kind "cccfed.v1.CheckpointCosignature"): a witness's cosignature."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNED_CHECKPOINT_FIELD_NUMBER: _builtins.int
+    COSIGNATURE_FIELD_NUMBER: _builtins.int
+    signed_checkpoint: _builtins.bytes
+    """The cosigned checkpoint, with the origin's signature only."""
+    cosignature: _builtins.bytes
+    """The cosignature line ("— cccfed.v1/<witness> <base64>\\n")."""
+    def __init__(
+        self,
+        *,
+        signed_checkpoint: _builtins.bytes = ...,
+        cosignature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cosignature", b"cosignature", "signed_checkpoint", b"signed_checkpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckpointCosignature: _TypeAlias = CheckpointCosignature  # noqa: Y015
+
+@_typing.final
+class EquivocationEvidence(_message.Message):
+    """Payload of an envelope (kind "cccfed.v1.EquivocationEvidence"): proof that an origin signed
+    two checkpoints that cannot both hold.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    evidence: _builtins.bytes
+    """The evidence record (federation.witness.Equivocation wire form)."""
+    def __init__(
+        self,
+        *,
+        evidence: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EquivocationEvidence: _TypeAlias = EquivocationEvidence  # noqa: Y015
+
+@_typing.final
+class LogFrontier(_message.Message):
+    """One origin's tree head as the caller holds it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    ROOT_FIELD_NUMBER: _builtins.int
+    origin: _builtins.str
+    """Member code of the log's origin."""
+    size: _builtins.int
+    """Size of the latest accepted checkpoint."""
+    root: _builtins.bytes
+    """Its root hash (32 bytes)."""
+    def __init__(
+        self,
+        *,
+        origin: _builtins.str = ...,
+        size: _builtins.int = ...,
+        root: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin", "root", b"root", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogFrontier: _TypeAlias = LogFrontier  # noqa: Y015
+
+@_typing.final
+class ReconcileRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FRONTIERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def frontiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogFrontier]:
+        """The caller's frontier for every origin it holds (absent origins count as empty)."""
+
+    def __init__(
+        self,
+        *,
+        frontiers: _abc.Iterable[Global___LogFrontier] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frontiers", b"frontiers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileRequest: _TypeAlias = ReconcileRequest  # noqa: Y015
+
+@_typing.final
+class ReconcileResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPDATES_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckpointNote]:
+        """For each origin where the responder's frontier differs from the caller's: its latest
+        checkpoint (with the cosignatures it holds), a proof from the caller's size and the entries
+        the caller lacks (none when the caller has more or the two have the same size).
+        """
+
+    @_builtins.property
+    def evidence(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Equivocation evidence records the responder holds."""
+
+    def __init__(
+        self,
+        *,
+        updates: _abc.Iterable[Global___CheckpointNote] | None = ...,
+        evidence: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence", "updates", b"updates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileResponse: _TypeAlias = ReconcileResponse  # noqa: Y015

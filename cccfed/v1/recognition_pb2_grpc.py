@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from cccfed.v1 import envelope_pb2 as cccfed_dot_v1_dot_envelope__pb2
+from cccfed.v1 import recognition_pb2 as cccfed_dot_v1_dot_recognition__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -27,7 +28,8 @@ if _version_not_supported:
 
 class RecognitionServiceStub:
     """Mutual recognition of inspection results with witnessed Merkle logs and reconciliation
-    (guideline item 19). Same delivery contract as AssistanceService.
+    (guideline item 19). Deliver has the same delivery contract as AssistanceService; Reconcile is
+    one unsigned round trip whose content is verified against signed checkpoints.
     """
 
     def __init__(self, channel):
@@ -41,15 +43,31 @@ class RecognitionServiceStub:
                 request_serializer=cccfed_dot_v1_dot_envelope__pb2.Envelope.SerializeToString,
                 response_deserializer=cccfed_dot_v1_dot_envelope__pb2.Receipt.FromString,
                 _registered_method=True)
+        self.Reconcile = channel.unary_unary(
+                '/cccfed.v1.RecognitionService/Reconcile',
+                request_serializer=cccfed_dot_v1_dot_recognition__pb2.ReconcileRequest.SerializeToString,
+                response_deserializer=cccfed_dot_v1_dot_recognition__pb2.ReconcileResponse.FromString,
+                _registered_method=True)
 
 
 class RecognitionServiceServicer:
     """Mutual recognition of inspection results with witnessed Merkle logs and reconciliation
-    (guideline item 19). Same delivery contract as AssistanceService.
+    (guideline item 19). Deliver has the same delivery contract as AssistanceService; Reconcile is
+    one unsigned round trip whose content is verified against signed checkpoints.
     """
 
     def Deliver(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deliver a signed envelope carrying a CheckpointNote, a CheckpointCosignature or an
+        EquivocationEvidence payload.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reconcile(self, request, context):
+        """One reconciliation round: the caller's frontiers in, for every origin where the responder
+        holds more (or something else), its checkpoint, a proof and the missing entries out.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -62,6 +80,11 @@ def add_RecognitionServiceServicer_to_server(servicer, server):
                     request_deserializer=cccfed_dot_v1_dot_envelope__pb2.Envelope.FromString,
                     response_serializer=cccfed_dot_v1_dot_envelope__pb2.Receipt.SerializeToString,
             ),
+            'Reconcile': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reconcile,
+                    request_deserializer=cccfed_dot_v1_dot_recognition__pb2.ReconcileRequest.FromString,
+                    response_serializer=cccfed_dot_v1_dot_recognition__pb2.ReconcileResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'cccfed.v1.RecognitionService', rpc_method_handlers)
@@ -72,7 +95,8 @@ def add_RecognitionServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class RecognitionService:
     """Mutual recognition of inspection results with witnessed Merkle logs and reconciliation
-    (guideline item 19). Same delivery contract as AssistanceService.
+    (guideline item 19). Deliver has the same delivery contract as AssistanceService; Reconcile is
+    one unsigned round trip whose content is verified against signed checkpoints.
     """
 
     @staticmethod
@@ -92,6 +116,33 @@ class RecognitionService:
             '/cccfed.v1.RecognitionService/Deliver',
             cccfed_dot_v1_dot_envelope__pb2.Envelope.SerializeToString,
             cccfed_dot_v1_dot_envelope__pb2.Receipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reconcile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cccfed.v1.RecognitionService/Reconcile',
+            cccfed_dot_v1_dot_recognition__pb2.ReconcileRequest.SerializeToString,
+            cccfed_dot_v1_dot_recognition__pb2.ReconcileResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -339,3 +339,91 @@ class ExpertBooking(SQLModel, table=True):
     exchange_id: str = Field(max_length=36, index=True)
     #: held for an open proposal (any candidate may be drawn), not yet confirmed
     tentative: bool = False
+
+
+class LogEntryRow(SQLModel, table=True):
+    """One entry of a member's inspection-result log (ours or a witnessed one), as signed bytes.
+
+    ``data`` is the record's canonical bytes, the exact leaf data the origin hashed; the other
+    columns are read from it when it is stored, for listing and conflict detection.
+    """
+
+    __tablename__ = "log_entries"
+
+    origin: str = Field(primary_key=True, max_length=6)
+    idx: int = Field(primary_key=True)
+    leaf_hash: bytes = Field(sa_type=LargeBinary)
+    data: bytes = Field(sa_type=LargeBinary)
+    record_id: str = Field(max_length=36, index=True)
+    #: "USCC/YYYY-MM-DD/bureau" (federation.inspection.BusinessKey)
+    business_key: str = Field(max_length=64, index=True)
+    supersedes: str | None = Field(default=None, max_length=36)
+    kind: str = Field(max_length=16)
+    stored_at: datetime = utc_field()
+
+
+class LogNodeRow(SQLModel, table=True):
+    """A perfect-subtree hash of a log (level 0 = leaf hashes), so proofs cost O(log² n)."""
+
+    __tablename__ = "log_nodes"
+
+    origin: str = Field(primary_key=True, max_length=6)
+    level: int = Field(primary_key=True)
+    idx: int = Field(primary_key=True)
+    hash: bytes = Field(sa_type=LargeBinary)
+
+
+class LogCheckpointRow(SQLModel, table=True):
+    """A checkpoint of a log that this node signed (its own) or accepted as a witness."""
+
+    __tablename__ = "log_checkpoints"
+
+    origin: str = Field(primary_key=True, max_length=6)
+    size: int = Field(primary_key=True)
+    root: bytes = Field(sa_type=LargeBinary)
+    #: the signed note with the origin's signature only, exactly as signed
+    signed: bytes = Field(sa_type=LargeBinary)
+    stored_at: datetime = utc_field()
+
+
+class LogCosignatureRow(SQLModel, table=True):
+    """A verified cosignature of a witness on the checkpoint ``(origin, size, root)``.
+
+    Kept with the root it covers, so that a cosignature arriving before its checkpoint is
+    counted only once a checkpoint with that very root is stored here.
+    """
+
+    __tablename__ = "log_cosignatures"
+
+    origin: str = Field(primary_key=True, max_length=6)
+    size: int = Field(primary_key=True)
+    witness: str = Field(primary_key=True, max_length=6)
+    root: bytes = Field(sa_type=LargeBinary)
+    line: bytes = Field(sa_type=LargeBinary)
+    stored_at: datetime = utc_field()
+
+
+class EquivocationRow(SQLModel, table=True):
+    """Evidence that an origin signed two conflicting checkpoints; its origin is frozen."""
+
+    __tablename__ = "equivocations"
+
+    id: int | None = Field(default=None, primary_key=True)
+    origin: str = Field(max_length=6, index=True)
+    evidence: bytes = Field(sa_type=LargeBinary)
+    #: member whose message or answer revealed it (ourselves when we found it)
+    source: str = Field(max_length=6)
+    found_at: datetime = utc_field()
+
+
+class ResultConflictRow(SQLModel, table=True):
+    """Two records of one business key, neither superseding the other (flagged, not resolved)."""
+
+    __tablename__ = "result_conflicts"
+    __table_args__ = (UniqueConstraint("record_a", "record_b"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    business_key: str = Field(max_length=64, index=True)
+    record_a: str = Field(max_length=36)
+    record_b: str = Field(max_length=36)
+    flagged_at: datetime = utc_field()

@@ -22,6 +22,12 @@ from node.store.db import alembic_config, current_revision, make_engine, migrate
 from node.store.ops import MANIFESTS, record_manifest
 
 TABLES = {
+    "log_entries",
+    "log_nodes",
+    "log_checkpoints",
+    "log_cosignatures",
+    "equivocations",
+    "result_conflicts",
     "inbox",
     "outbox",
     "message_log",
@@ -38,7 +44,7 @@ TABLES = {
     "exchange_events",
     "expert_bookings",
 }
-HEAD = "0005"
+HEAD = "0006"
 
 
 def head_revision() -> str:

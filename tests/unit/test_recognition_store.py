@@ -1,0 +1,280 @@
+"""Recognition in the store: publishing, witnessing, quorum, refusals, one-round catch-up.
+
+Four in-process :class:`node.runtime.Node` objects (every member, so the default quorum is real)
+on SQLite files; notes and cosignatures travel through the simulated transport of
+``tests/assistance_harness.py`` (the real intake, inbox and receipt handling). Reconciliation is
+driven through :meth:`Recognition.answer` / :meth:`Recognition.apply_answer`, the two halves the
+``Reconcile`` RPC joins.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tomllib
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from sqlalchemy import func, select
+
+from cccfed.v1 import recognition_pb2 as pb
+from federation.checkpoint import make_checkpoint
+from federation.errors import FederationError
+from federation.merkle import MemoryTree, leaf_hash
+from node import pki
+from node.local import free_ports
+from node.recognition import CHECKPOINTS, ENTRIES, EQUIVOCATIONS, frontiers
+from node.runtime import Node
+from tests.assistance_harness import AH, ROOT, SH, ZJ, deliver_all, node_at, read, receive, write
+
+JS = "320000"
+CODES = (SH, JS, ZJ, AH)
+BUREAU = {SH: "310115", JS: "320500", ZJ: "330100", AH: "340100"}
+EXAMPLE = ROOT / "docs" / "examples" / "inspection-result.toml"
+Four = dict[str, Node]
+
+
+def result_data(code: str, n: int = 0, **overrides: Any) -> dict[str, Any]:
+    """The example record, moved to province ``code`` (its own inspectors, another place of use)."""
+    data = copy.deepcopy(tomllib.loads(EXAMPLE.read_text(encoding="utf-8")))
+    bureau = BUREAU[code]
+    data["record_id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"cccfed-test/{code}/{n}"))
+    data["inspecting_bureau"] = bureau
+    data["inspectors"] = [dict(i, bureau=bureau) for i in data["inspectors"][:2]]
+    if code == JS:
+        data["other_findings"]["used_elsewhere"][0]["bureau"] = "310115"
+    data["inspected_on"] = data["inspected_on"] + timedelta(days=n)
+    data["confirmation"]["signed_on"] = data["inspected_on"]
+    data.update(overrides)
+    return data
+
+
+def publish(node: Node, n: int = 0, **overrides: Any) -> str:
+    result = node.recognition.parse_new(result_data(node.code, n, **overrides))
+    write(node, lambda c: node.recognition.publish(c, result))
+    return result.record_id
+
+
+def results(node: Node, **kw: Any) -> list[dict[str, Any]]:
+    return read(node, lambda c: node.recognition.results(c, **kw))
+
+
+def count(node: Node, table: Any) -> int:
+    return int(
+        read(node, lambda c: c.execute(select(func.count()).select_from(table)).scalar_one())
+    )
+
+
+def reconcile(node: Node, peer: Node) -> list[dict[str, Any]]:
+    """One round: ``node`` sends its frontiers, ``peer`` answers, ``node`` applies."""
+    mine = read(node, frontiers)
+    req = read(node, node.recognition.request).SerializeToString()
+    answer = read(peer, lambda c: peer.recognition.answer(c, req))
+    return write(node, lambda c: node.recognition.apply_answer(c, peer.code, answer, mine))
+
+
+@pytest.fixture(scope="module")
+def fed_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("recognition-store") / "fed"
+    pki.init_federation(root, list(CODES), ports=dict(zip(CODES, free_ports(4), strict=True)))
+    return root
+
+
+@pytest.fixture
+def nodes(fed_root: Path, tmp_path: Path) -> Iterator[Four]:
+    templates = fed_root.parent / "templates"
+    templates.mkdir(exist_ok=True)
+    made: Four = {}
+    for code in CODES:
+        template = templates / f"{code}.db"
+        if not template.exists():
+            node_at(fed_root, code, template).close()
+        store = tmp_path / f"{code}.db"
+        shutil.copyfile(template, store)
+        made[code] = node_at(fed_root, code, store)
+    yield made
+    for node in made.values():
+        node.close()
+
+
+def test_published_results_are_recognized_by_every_other_member(nodes: Four) -> None:
+    ids = {code: publish(nodes[code]) for code in CODES}
+    assert deliver_all(*nodes.values()) == []
+    for node in nodes.values():
+        rows = {r["record_id"]: r for r in results(node)}
+        assert set(rows) == set(ids.values())
+        for code, rid in ids.items():
+            assert rows[rid]["status"] == "recognized"
+            assert rows[rid]["recognized_by"] == sorted(c for c in CODES if c != code)
+    shown = read(nodes[ZJ], lambda c: nodes[ZJ].recognition.show(c, ids[SH]))
+    assert shown["inclusion_proof"]["tree_size"] == 1
+    assert shown["recognized_by"] == [JS, ZJ, AH]
+
+
+def test_pending_until_the_quorum_cosigns(nodes: Four) -> None:
+    sh, js = nodes[SH], nodes[JS]
+    rid = publish(sh)
+    assert deliver_all(sh, js) == []
+    row = results(sh)[0]
+    assert row["record_id"] == rid
+    assert (row["status"], row["recognized_by"]) == ("pending", [JS])
+    assert results(sh, status="recognized") == []
+
+
+def test_publish_refusals_change_nothing(nodes: Four) -> None:
+    sh = nodes[SH]
+    with pytest.raises(FederationError) as e:
+        sh.recognition.parse_new(result_data(ZJ))
+    assert e.value.reason == "NOT_OWN_RESULT"
+    publish(sh)
+    with pytest.raises(FederationError) as e:
+        publish(sh)
+    assert e.value.reason == "DUPLICATE_RECORD"
+    with pytest.raises(FederationError) as e:
+        publish(sh, 1, supersedes=str(uuid.uuid4()))
+    assert e.value.reason == "UNKNOWN_RECORD"
+    assert count(sh, ENTRIES) == 1 and count(sh, CHECKPOINTS) == 1
+
+
+def test_correction_supersedes_and_conflict_is_flagged(nodes: Four) -> None:
+    sh = nodes[SH]
+    first = publish(sh)
+    publish(sh, 5, supersedes=first, inspected_on=result_data(SH)["inspected_on"])
+    assert {r["status"] for r in results(sh)} == {"pending"}
+    data = result_data(SH, 9)
+    data["inspected_on"] = result_data(SH)["inspected_on"]
+    data["confirmation"]["signed_on"] = data["inspected_on"]
+    write(sh, lambda c: sh.recognition.publish(c, sh.recognition.parse_new(data)))
+    assert len(results(sh, status="conflict")) == 3
+
+
+def _note_of(origin: Node) -> pb.CheckpointNote:
+    rows = read(
+        origin,
+        lambda c: c.exec_driver_sql(
+            "SELECT envelope FROM outbox WHERE kind = 'cccfed.v1.CheckpointNote' ORDER BY id"
+        ).all(),
+    )
+    from cccfed.v1 import envelope_pb2
+
+    env = envelope_pb2.Envelope.FromString(bytes(rows[0].envelope))
+    return pb.CheckpointNote.FromString(env.payload)
+
+
+def test_relayed_entry_with_an_altered_byte_is_refused(nodes: Four) -> None:
+    sh, js, zj = nodes[SH], nodes[JS], nodes[ZJ]
+    publish(sh)
+    note = _note_of(sh)
+    entry = bytearray(note.entries[0])
+    entry[-3] ^= 0x01
+    del note.entries[:]
+    note.entries.append(bytes(entry))
+    with pytest.raises(FederationError) as e:
+        receive(zj, JS, js.seal(ZJ, note), "recognition")
+    assert e.value.reason in ("ENTRY_MISMATCH", "ENTRY_MALFORMED")
+    assert count(zj, ENTRIES) == 0 and count(zj, CHECKPOINTS) == 0
+
+
+def test_checkpoint_signed_by_a_revoked_key_is_refused(
+    nodes: Four, fed_root: Path, tmp_path: Path
+) -> None:
+    sh, js, zj = nodes[SH], nodes[JS], nodes[ZJ]
+    publish(sh)
+    note = _note_of(sh)
+    copy_root = tmp_path / "fed"
+    shutil.copytree(fed_root, copy_root)
+    serial = x509.load_pem_x509_certificate(sh.cfg.sign_cert.read_bytes()).serial_number
+    pki.revoke(copy_root, f"{serial:x}", reason="key compromise")
+    raw = (copy_root / "manifest.bin").read_bytes()
+    assert zj.trust.adopt(raw, zj.clock()) is not None
+    with pytest.raises(FederationError) as e:
+        receive(zj, JS, js.seal(ZJ, note), "recognition")
+    assert e.value.reason == "REVOKED_KEY"
+    assert count(zj, ENTRIES) == 0
+
+
+def test_offline_node_converges_in_one_round(nodes: Four) -> None:
+    sh, js, zj, ah = (nodes[c] for c in CODES)
+    ids = [publish(sh, n) for n in range(3)] + [publish(zj)]
+    assert deliver_all(sh, js, zj) == []  # Anhui is offline: its notes stay queued
+    lines = reconcile(ah, js)
+    assert {(x["origin"], x["status"]) for x in lines} == {(SH, "behind"), (ZJ, "behind")}
+    assert read(ah, frontiers) == read(js, frontiers)
+    assert {r["record_id"] for r in results(ah)} == set(ids)
+    again = reconcile(ah, js)
+    assert {x["status"] for x in again} == {"converged"}
+
+
+def test_equivocation_found_by_reconciling_is_kept_frozen_and_broadcast(nodes: Four) -> None:
+    sh, js, zj, ah = (nodes[c] for c in CODES)
+    data_a = result_data(SH, 0)
+    data_b = result_data(SH, 1)
+    note_for = {}
+    for target, data in ((js, data_a), (zj, data_b)):
+        entry = sh.recognition.parse_new(data).to_canonical_bytes()
+        tree = MemoryTree()
+        tree.append(leaf_hash(entry))
+        signed = make_checkpoint(sh.signer, SH, 1, tree.root(), now=sh.clock())
+        note_for[target.code] = pb.CheckpointNote(
+            signed_checkpoint=signed, old_size=0, entries=[entry], consistency_proof=[]
+        )
+        receive(target, SH, sh.seal(target.code, note_for[target.code]), "recognition")
+    lines = reconcile(js, zj)
+    assert [x["status"] for x in lines if x["origin"] == SH] == ["forked"]
+    assert count(js, EQUIVOCATIONS) == 1
+    assert {r["status"] for r in results(js)} == {"frozen"}
+    assert deliver_all(js, ah) == []
+    assert count(ah, EQUIVOCATIONS) == 1
+    with pytest.raises(FederationError) as e:
+        receive(ah, SH, sh.seal(AH, note_for[JS]), "recognition")
+    assert e.value.reason == "ORIGIN_FROZEN"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "reason"),
+    [
+        (b"\xff\xff", "MALFORMED"),
+        (
+            pb.ReconcileRequest(
+                frontiers=[pb.LogFrontier(origin=SH, size=1, root=b"short")]
+            ).SerializeToString(),
+            "FRONTIER_MALFORMED",
+        ),
+        (
+            pb.ReconcileRequest(
+                frontiers=[pb.LogFrontier(origin=SH, size=0, root=b"\0" * 32)] * 2
+            ).SerializeToString(),
+            "FRONTIER_MALFORMED",
+        ),
+    ],
+)
+def test_bad_reconcile_requests_are_refused(nodes: Four, request_bytes: bytes, reason: str) -> None:
+    js = nodes[JS]
+    with pytest.raises(FederationError) as e:
+        read(js, lambda c: js.recognition.answer(c, request_bytes))
+    assert e.value.reason == reason
+
+
+def test_cosignature_relayed_by_another_member_is_refused(nodes: Four) -> None:
+    sh, js, zj, ah = (nodes[c] for c in CODES)
+    publish(sh)
+    assert deliver_all(sh, js) == []
+    rows = read(
+        js,
+        lambda c: c.exec_driver_sql(
+            "SELECT envelope FROM outbox WHERE kind = 'cccfed.v1.CheckpointCosignature'"
+        ).all(),
+    )
+    from cccfed.v1 import envelope_pb2
+
+    msg = pb.CheckpointCosignature.FromString(
+        envelope_pb2.Envelope.FromString(bytes(rows[0].envelope)).payload
+    )
+    with pytest.raises(FederationError) as e:
+        receive(ah, ZJ, zj.seal(AH, msg), "recognition")
+    assert e.value.reason == "COSIGNER_MISMATCH"
