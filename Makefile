@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 BUF := node_modules/.bin/buf
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint typecheck proto proto-check pytest soak bench clean
+.PHONY: install demo test lint typecheck proto proto-check pytest bench bench-reconcile clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,11 +43,11 @@ pytest: install
 
 test: lint typecheck proto-check pytest
 
-soak: install
-	$(VENV)/bin/python -m bench.soak $(SOAK_ARGS)
-
 bench: install
-	$(VENV)/bin/python bench/delivery.py
+	$(VENV)/bin/python bench/delivery.py $(BENCH_ARGS)
+
+bench-reconcile: install
+	$(VENV)/bin/python bench/reconcile.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache
