@@ -15,6 +15,7 @@ import tomllib
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
@@ -35,6 +36,9 @@ from node.store.ops import OUTBOX
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 EXAMPLE_REQUEST = EXAMPLES / "assistance-request.toml"
+EXAMPLE_RESULT = EXAMPLES / "inspection-result.toml"
+#: The inspecting bureau of each province's example result (a city or district of its own).
+RESULT_BUREAU = {"310000": "310115", "320000": "320500", "330000": "330100", "340000": "340100"}
 ANHUI_EXPERTS = EXAMPLES / "experts-anhui.csv"
 NAMES = {
     "310000": "上海 Shanghai",
@@ -42,6 +46,27 @@ NAMES = {
     "330000": "浙江 Zhejiang",
     "340000": "安徽 Anhui",
 }
+
+
+def example_result(code: str, n: int = 0) -> dict[str, Any]:
+    """The example inspection result moved to province ``code`` (0 <= n < 31).
+
+    A node publishes only its own province's results, so the inspecting bureau and the
+    inspectors must be of ``code``, and the place of use of the products must be another
+    province; ``n`` shifts the inspection date so that each variant is a distinct record.
+    Dates stay ISO strings, so the dict can be written as JSON for ``result publish``.
+    """
+    data: dict[str, Any] = tomllib.loads(EXAMPLE_RESULT.read_text(encoding="utf-8"))
+    bureau = RESULT_BUREAU[code]
+    data["record_id"] = str(uuid.uuid4())
+    data["inspecting_bureau"] = bureau
+    data["inspectors"] = [dict(i, bureau=bureau) for i in data["inspectors"][:2]]
+    if code == "320000":
+        data["other_findings"]["used_elsewhere"][0]["bureau"] = "310115"
+    data["inspected_on"] = data["inspected_on"] + timedelta(days=n)
+    data["confirmation"]["signed_on"] = data["inspected_on"]
+    out: dict[str, Any] = json.loads(json.dumps(data, default=lambda d: d.isoformat()))
+    return out
 
 
 def step(title: str) -> None:
@@ -243,6 +268,65 @@ async def _exchange_demo(nodes: dict[str, Node]) -> None:
     print(f"both views identical; anyone can recompute it: cccfed exchange verify-draw {xid[:8]}")
 
 
+async def _recognition_demo(nodes: dict[str, Node], within: float = 60) -> None:
+    """Each province publishes a result; every log converges and each result is recognised.
+
+    Recognition needs the cosignature of every other member, so waiting for it shows the
+    whole path: the note to each witness, its checks, its cosignature back to every node.
+    """
+    step(
+        "11. Inspection results: each node publishes one to its witnessed log; "
+        "the three others verify, cosign and recognise it"
+    )
+    for code, node in nodes.items():
+        result = node.recognition.parse_new(example_result(code))
+        out = await node.run_and_send(functools.partial(node.recognition.publish, result=result))
+        print(f"{code} published {out['record_id'][:8]}… as entry {out['index']} of its log")
+
+    def views() -> dict[str, list[dict[str, Any]]]:
+        out = {}
+        for code, node in nodes.items():
+            with node.reader.connect() as conn:
+                out[code] = node.recognition.checkpoints(conn)
+        return out
+
+    def settled(seen: dict[str, list[dict[str, Any]]]) -> bool:
+        heads = {
+            json.dumps([(r["origin"], r["size"], r["root"]) for r in v]) for v in seen.values()
+        }
+        return len(heads) == 1 and all(
+            len(v) == len(nodes) and all(len(r["cosigned_by"]) == len(nodes) - 1 for r in v)
+            for v in seen.values()
+        )
+
+    deadline = time.monotonic() + within
+    seen = views()
+    while not settled(seen) and time.monotonic() < deadline:
+        await asyncio.sleep(0.3)
+        seen = views()
+    rows = []
+    for cp in seen["310000"]:
+        # Recognised by a member only if every node sees that member's cosignature.
+        by = sorted(set.intersection(*(_recognizers(n, cp["origin"]) for n in nodes.values())))
+        rows.append((cp["origin"], cp["size"], cp["root"][:16] + "…", ", ".join(by)))
+    output.table(["origin", "size", "root", "recognized by"], rows)
+    if not settled(seen):
+        raise RuntimeError("the nodes' logs did not converge with every cosignature")
+    for code, node in nodes.items():
+        with node.reader.connect() as conn:
+            pending = [r for r in node.recognition.results(conn) if r["status"] != "recognized"]
+        if pending:
+            raise RuntimeError(f"{code}: {len(pending)} result(s) not recognised")
+    print("all four logs identical on every node; every result recognised by the three others")
+
+
+def _recognizers(node: Node, origin: str) -> set[str]:
+    with node.reader.connect() as conn:
+        return {
+            c for r in node.recognition.results(conn, origin=origin) for c in r["recognized_by"]
+        }
+
+
 async def _demo(fed: LocalFederation) -> None:
     root = fed.root
     nodes = {code: Node(load_config(config_path(root, code))) for code in fed.codes}
@@ -293,8 +377,9 @@ async def _demo(fed: LocalFederation) -> None:
 
         await _assistance_demo(nodes)
         await _exchange_demo(nodes)
+        await _recognition_demo(nodes)
 
-        step("11. Every node's hash-chained message log verifies (chain + every signature)")
+        step("12. Every node's hash-chained message log verifies (chain + every signature)")
         vrows = []
         for code, n in nodes.items():
             r = verify_store(n.reader, n.ca, code)
@@ -319,7 +404,7 @@ def run_demo(directory: Path | None = None) -> int:
         asyncio.run(_demo(fed))
         ok = True
     finally:
-        step("12. Shutting down (SIGTERM to every node)")
+        step("13. Shutting down (SIGTERM to every node)")
         codes = fed.stop_all()
         output.table(["node", "exit code"], sorted(codes.items()))
         clean = all(rc == 0 for rc in codes.values())

@@ -7,6 +7,8 @@ point costs one dictionary lookup. The points:
 - ``after_claim``: an outbox row is committed as ``sending``, nothing sent yet.
 - ``after_send``: the peer has answered with a receipt, which is not stored yet.
 - ``after_receive_commit``: an inbox message is committed, its receipt not yet returned.
+- ``reconcile_after_origin``: the entries one origin's log pulled by reconciliation are
+  committed, the other origins of the answer not yet.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -78,6 +79,7 @@ from federation.witness import (
     prefix_proof,
     witness_update,
 )
+from node.faults import failpoint
 from node.store.models import (
     EquivocationRow,
     LogCheckpointRow,
@@ -104,6 +106,16 @@ SERVICE: Final = "recognition"
 NOTE_KIND: Final = "cccfed.v1.CheckpointNote"
 COSIGNATURE_KIND: Final = "cccfed.v1.CheckpointCosignature"
 EVIDENCE_KIND: Final = "cccfed.v1.EquivocationEvidence"
+
+#: Bytes kept free in a ``Reconcile`` answer beyond what is counted (framing of the response).
+ANSWER_SLACK: Final = 1024
+#: Upper bound of the protobuf framing of one note in an answer (tag + length varint).
+NOTE_FRAMING: Final = 8
+#: Upper bound of the protobuf framing of one entry in a note.
+ENTRY_FRAMING: Final = 6
+#: Requests for one peer within one ``reconcile`` call when answers are capped (a safety net:
+#: every capped answer makes progress or the loop stops anyway).
+MAX_CAPPED_ROUNDS: Final = 10_000
 
 #: Result statuses shown by ``result list``.
 STATUSES: Final = ("recognized", "pending", "conflict", "frozen")
@@ -290,6 +302,26 @@ def _signed_with_cosignatures(conn: Connection, row: Any) -> bytes:
 
 def _proof_list(values: Iterable[bytes]) -> list[bytes]:
     return [bytes(v) for v in values]
+
+
+@dataclass(frozen=True)
+class _CatchUp:
+    """One capped catch-up note and how many entries it carries."""
+
+    note: pb.CheckpointNote
+    entries_sent: int
+
+
+def _merge(before: dict[str, Any] | None, after: dict[str, Any]) -> dict[str, Any]:
+    """One origin's line over the rounds of a capped reconciliation: pulls add up."""
+    if before is None or before["status"] != "behind":
+        return after
+    if after["status"] == "behind":
+        count = before["count"] + after["count"]
+        return dict(after, count=count, pulled=count)
+    if after["status"] == "converged":
+        return before
+    return after
 
 
 # --------------------------------------------------------------------------------------------
@@ -535,6 +567,12 @@ class Recognition:
                 )
             )
             pulled = len(entries)
+        elif note.entries and note.old_size < my_size:
+            # A stale answer: the same entries came by a note while the answer was on its way.
+            # The checkpoint is the one we hold, so there is nothing left to take from it.
+            log.info(
+                "entries of %s up to %d already held: %s's copy ignored", origin, my_size, source
+            )
         elif note.entries:
             raise VerificationError(
                 f"{len(note.entries)} entries sent with an unchanged checkpoint of {origin}",
@@ -792,9 +830,15 @@ class Recognition:
             ]
         )
 
-    def answer(self, conn: Connection, raw: bytes) -> bytes:
+    def answer(self, conn: Connection, raw: bytes, *, max_bytes: int | None = None) -> bytes:
         """Serve ``Reconcile``: for every log we hold, our checkpoint (with its cosignatures),
         and where the caller is behind, the entries it lacks with a proof from its size.
+
+        The answer must fit ``max_bytes`` (default: our ``[limits] max_message_bytes``, which
+        the caller's channel enforces too): a catch-up that does not fit stops at the largest
+        stored checkpoint whose entries still fit, or is left out, and its origin is listed in
+        ``more`` so that the caller asks again. A checkpoint is needed at the cut because the
+        caller verifies entries only against a signed root.
 
         Refuses a request that does not parse or whose frontiers are not tree heads
         (``MALFORMED``, ``FRONTIER_MALFORMED``).
@@ -810,37 +854,90 @@ class Recognition:
                     f"two frontiers for {f.origin}", reason="FRONTIER_MALFORMED"
                 )
             theirs[f.origin] = (int(f.size), bytes(f.root))
-        mine = frontiers(conn)
+        limit = self.node.cfg.limits.max_message_bytes if max_bytes is None else max_bytes
         resp = pb.ReconcileResponse()
-        for action in plan(mine, theirs):
-            if action.origin not in mine:
-                continue
-            row = _latest(conn, action.origin)
-            note = pb.CheckpointNote(
-                signed_checkpoint=_signed_with_cosignatures(conn, row),
-                old_size=action.their_size,
-            )
-            if action.kind is ActionKind.BEHIND:
-                lo, hi = action.their_size, action.my_size
-                rows = conn.execute(
-                    select(ENTRIES.c.data)
-                    .where(
-                        ENTRIES.c.origin == action.origin,
-                        ENTRIES.c.idx >= lo,
-                        ENTRIES.c.idx < hi,
-                    )
-                    .order_by(ENTRIES.c.idx)
-                ).all()
-                hr = _hash_range(conn, action.origin)
-                note.entries.extend(bytes(r.data) for r in rows)
-                note.consistency_proof.extend(consistency_proof_from(hr, lo, hi))
-                note.prefix_proof.extend(self._prefix(hr, lo, hi))
-            resp.updates.append(note)
         resp.evidence.extend(
             bytes(r.evidence)
             for r in conn.execute(select(EQUIVOCATIONS.c.evidence).order_by(EQUIVOCATIONS.c.id))
         )
+        # Checkpoint-only notes first: they are small and every caller needs them (cosignatures,
+        # fork detection); the entries share what is left.
+        budget = limit - resp.ByteSize() - ANSWER_SLACK
+        mine = frontiers(conn)
+        behind = []
+        for action in plan(mine, theirs):
+            if action.origin not in mine:
+                continue
+            if action.kind is ActionKind.BEHIND:
+                behind.append(action)
+                continue
+            note = pb.CheckpointNote(
+                signed_checkpoint=_signed_with_cosignatures(conn, _latest(conn, action.origin)),
+                old_size=action.their_size,
+            )
+            budget -= note.ByteSize() + NOTE_FRAMING
+            resp.updates.append(note)
+        for action in behind:
+            capped = self._catch_up(conn, action.origin, action.their_size, action.my_size, budget)
+            if capped is None or capped.entries_sent < action.my_size - action.their_size:
+                resp.more.append(action.origin)
+            if capped is not None:
+                budget -= capped.note.ByteSize() + NOTE_FRAMING
+                resp.updates.append(capped.note)
         return resp.SerializeToString()
+
+    def _catch_up(
+        self, conn: Connection, origin: str, lo: int, hi: int, budget: int
+    ) -> _CatchUp | None:
+        """The note taking a caller from ``lo`` towards ``hi`` within ``budget`` bytes.
+
+        Entries are read in order only as far as they can fit, so a caller far behind costs
+        one bounded read, not its whole backlog. ``None``: not even the nearest stored
+        checkpoint's entries fit (the caller gets them from a later answer or another peer).
+        """
+        latest = _latest(conn, origin)
+        head = _signed_with_cosignatures(conn, latest)
+        # Room for the checkpoint, two proofs of at most 2·log2(hi) hashes, and field framing.
+        overhead = len(head) + 2 * (2 * hi.bit_length() + 2) * (32 + 2) + 64
+        room = budget - overhead
+        data: list[bytes] = []
+        with conn.execute(
+            select(ENTRIES.c.data)
+            .where(ENTRIES.c.origin == origin, ENTRIES.c.idx >= lo, ENTRIES.c.idx < hi)
+            .order_by(ENTRIES.c.idx)
+            .execution_options(yield_per=256)
+        ) as rows:
+            for entry in rows:
+                cost = len(entry.data) + ENTRY_FRAMING
+                if cost > room:
+                    break
+                room -= cost
+                data.append(bytes(entry.data))
+        end = lo + len(data)
+        row: Any = latest
+        if end < hi:
+            row = conn.execute(
+                select(CHECKPOINTS)
+                .where(
+                    CHECKPOINTS.c.origin == origin,
+                    CHECKPOINTS.c.size > lo,
+                    CHECKPOINTS.c.size <= end,
+                )
+                .order_by(CHECKPOINTS.c.size.desc())
+                .limit(1)
+            ).first()
+            if row is None:
+                return None
+            end = int(row.size)
+        hr = _hash_range(conn, origin)
+        note = pb.CheckpointNote(
+            signed_checkpoint=head if end == hi else _signed_with_cosignatures(conn, row),
+            old_size=lo,
+            entries=data[: end - lo],
+            consistency_proof=consistency_proof_from(hr, lo, end),
+            prefix_proof=self._prefix(hr, lo, end),
+        )
+        return _CatchUp(note, end - lo)
 
     def apply_answer(
         self, conn: Connection, peer: str, raw: bytes, mine: Mapping[str, tuple[int, bytes]]
@@ -928,10 +1025,38 @@ class Recognition:
         """One round with ``peer``: send our frontiers, verify and store what comes back.
 
         Each origin is applied in its own transaction: a node killed half way keeps whole
-        origins only, and the next round pulls the rest.
+        origins only, and the next round pulls the rest. When the answer was capped to the
+        message size limit (``more``), we ask again from where we now are, within this call,
+        as long as every answer makes progress: still one round trip whenever it fits.
         """
         with self.node.reader.connect() as conn:
             mine = frontiers(conn)
+        lines: dict[str, dict[str, Any]] = {}
+        for _ in range(MAX_CAPPED_ROUNDS):
+            more, progress = await self._round(peer, lines)
+            if not more:
+                break
+            if not progress:
+                for origin in more:
+                    if lines.get(origin, {}).get("status") not in ("refused", "frozen", "forked"):
+                        lines[origin] = {
+                            "origin": origin,
+                            "status": "refused",
+                            "reason": "ANSWER_TOO_LARGE",
+                        }
+                log.warning(
+                    "reconcile with %s: %s could not be sent within the message size limit",
+                    peer,
+                    ", ".join(more),
+                )
+                break
+        with self.node.reader.connect() as conn:
+            return self._finish(conn, lines, mine)
+
+    async def _round(self, peer: str, lines: dict[str, dict[str, Any]]) -> tuple[list[str], bool]:
+        """One request and answer, merged into ``lines``: (origins with more, progress made)."""
+        with self.node.reader.connect() as conn:
+            now_mine = frontiers(conn)
             req = self.request(conn)
         raw = await self.node.peers.call_with_retry(
             lambda: self.node.peers.reconcile(peer, req.SerializeToString())
@@ -939,7 +1064,7 @@ class Recognition:
         resp = self._parse_answer(raw)
         now = self.node.clock()
         await self.node.run_and_send(lambda conn: self._apply_evidence(conn, peer, resp, now))
-        lines: dict[str, dict[str, Any]] = {}
+        progress = False
         for note in resp.updates:
             try:
                 origin = parse_checkpoint(bytes(note.signed_checkpoint)).checkpoint.origin
@@ -947,15 +1072,19 @@ class Recognition:
                 log.warning("reconcile answer from %s: %s", peer, e.diagnostics())
                 continue
             try:
-                lines[origin] = await self.node.run_and_send(
-                    functools.partial(self.apply_update, peer=peer, note=note, mine=mine)
+                line = await self.node.run_and_send(
+                    functools.partial(self.apply_update, peer=peer, note=note, mine=now_mine)
                 )
             except FederationError as e:
                 status = "frozen" if e.reason == "ORIGIN_FROZEN" else "refused"
-                lines[origin] = {"origin": origin, "status": status, "reason": e.reason}
+                line = {"origin": origin, "status": status, "reason": e.reason}
                 log.warning("reconcile with %s: %s refused: %s", peer, origin, e.diagnostics())
-        with self.node.reader.connect() as conn:
-            return self._finish(conn, lines, mine)
+            if line["status"] == "behind":
+                failpoint("reconcile_after_origin")
+                progress = True
+            lines[origin] = _merge(lines.get(origin), line)
+        more = [o for o in resp.more if lines.get(o, {}).get("status") not in ("refused", "frozen")]
+        return more, progress
 
     async def reconcile_all(self, peers: Sequence[str] | None = None) -> dict[str, Any]:
         """Reconcile with each peer (default: every other member); a peer down is reported."""

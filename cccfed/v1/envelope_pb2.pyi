@@ -225,7 +225,7 @@ class ErrorDetail(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
-    """One of the reasons listed in docs/PROTOCOL.md §11, e.g. "BAD_SIGNATURE"."""
+    """One of the reasons listed in docs/PROTOCOL.md §12, e.g. "BAD_SIGNATURE"."""
     message: _builtins.str
     message_id: _builtins.str
     """The message_id concerned, when there is one."""

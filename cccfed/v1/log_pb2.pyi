@@ -54,7 +54,7 @@ Global___LogRecordType: _TypeAlias = LogRecordType  # noqa: Y015
 
 @_typing.final
 class LogRecord(_message.Message):
-    """One record of a node's hash-chained message log (docs/PROTOCOL.md §12).
+    """One record of a node's hash-chained message log (docs/PROTOCOL.md §13).
 
     record_hash(n) = SHA-256("cccfed.v1.log\\x00" || serialized LogRecord n) and
     LogRecord(n).prev_hash = record_hash(n-1); the first record's prev_hash is 32 zero bytes.

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from cccfed.v1 import envelope_pb2 as cccfed_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63\x63\x63\x66\x65\x64/v1/recognition.proto\x12\tcccfed.v1\x1a\x18\x63\x63\x63\x66\x65\x64/v1/envelope.proto\"\x7f\n\x0e\x43heckpointNote\x12\x19\n\x11signed_checkpoint\x18\x01 \x01(\x0c\x12\x10\n\x08old_size\x18\x02 \x01(\x04\x12\x0f\n\x07\x65ntries\x18\x03 \x03(\x0c\x12\x19\n\x11\x63onsistency_proof\x18\x04 \x03(\x0c\x12\x14\n\x0cprefix_proof\x18\x05 \x03(\x0c\"G\n\x15\x43heckpointCosignature\x12\x19\n\x11signed_checkpoint\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63osignature\x18\x02 \x01(\x0c\"(\n\x14\x45quivocationEvidence\x12\x10\n\x08\x65vidence\x18\x01 \x01(\x0c\"9\n\x0bLogFrontier\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0c\n\x04root\x18\x03 \x01(\x0c\"=\n\x10ReconcileRequest\x12)\n\tfrontiers\x18\x01 \x03(\x0b\x32\x16.cccfed.v1.LogFrontier\"Q\n\x11ReconcileResponse\x12*\n\x07updates\x18\x01 \x03(\x0b\x32\x19.cccfed.v1.CheckpointNote\x12\x10\n\x08\x65vidence\x18\x02 \x03(\x0c\x32\x90\x01\n\x12RecognitionService\x12\x32\n\x07\x44\x65liver\x12\x13.cccfed.v1.Envelope\x1a\x12.cccfed.v1.Receipt\x12\x46\n\tReconcile\x12\x1b.cccfed.v1.ReconcileRequest\x1a\x1c.cccfed.v1.ReconcileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63\x63\x63\x66\x65\x64/v1/recognition.proto\x12\tcccfed.v1\x1a\x18\x63\x63\x63\x66\x65\x64/v1/envelope.proto\"\x7f\n\x0e\x43heckpointNote\x12\x19\n\x11signed_checkpoint\x18\x01 \x01(\x0c\x12\x10\n\x08old_size\x18\x02 \x01(\x04\x12\x0f\n\x07\x65ntries\x18\x03 \x03(\x0c\x12\x19\n\x11\x63onsistency_proof\x18\x04 \x03(\x0c\x12\x14\n\x0cprefix_proof\x18\x05 \x03(\x0c\"G\n\x15\x43heckpointCosignature\x12\x19\n\x11signed_checkpoint\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63osignature\x18\x02 \x01(\x0c\"(\n\x14\x45quivocationEvidence\x12\x10\n\x08\x65vidence\x18\x01 \x01(\x0c\"9\n\x0bLogFrontier\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0c\n\x04root\x18\x03 \x01(\x0c\"=\n\x10ReconcileRequest\x12)\n\tfrontiers\x18\x01 \x03(\x0b\x32\x16.cccfed.v1.LogFrontier\"_\n\x11ReconcileResponse\x12*\n\x07updates\x18\x01 \x03(\x0b\x32\x19.cccfed.v1.CheckpointNote\x12\x10\n\x08\x65vidence\x18\x02 \x03(\x0c\x12\x0c\n\x04more\x18\x03 \x03(\t2\x90\x01\n\x12RecognitionService\x12\x32\n\x07\x44\x65liver\x12\x13.cccfed.v1.Envelope\x1a\x12.cccfed.v1.Receipt\x12\x46\n\tReconcile\x12\x1b.cccfed.v1.ReconcileRequest\x1a\x1c.cccfed.v1.ReconcileResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,7 +43,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECONCILEREQUEST']._serialized_start=371
   _globals['_RECONCILEREQUEST']._serialized_end=432
   _globals['_RECONCILERESPONSE']._serialized_start=434
-  _globals['_RECONCILERESPONSE']._serialized_end=515
-  _globals['_RECOGNITIONSERVICE']._serialized_start=518
-  _globals['_RECOGNITIONSERVICE']._serialized_end=662
+  _globals['_RECONCILERESPONSE']._serialized_end=529
+  _globals['_RECOGNITIONSERVICE']._serialized_start=532
+  _globals['_RECOGNITIONSERVICE']._serialized_end=676
 # @@protoc_insertion_point(module_scope)

@@ -176,6 +176,7 @@ class ReconcileResponse(_message.Message):
 
     UPDATES_FIELD_NUMBER: _builtins.int
     EVIDENCE_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckpointNote]:
         """For each origin where the responder's frontier differs from the caller's: its latest
@@ -187,15 +188,23 @@ class ReconcileResponse(_message.Message):
     def evidence(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """Equivocation evidence records the responder holds."""
 
+    @_builtins.property
+    def more(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Origins the responder holds more of than this answer carries: the answer must fit the
+        message size limit, so a long catch-up stops at an intermediate stored checkpoint (or is
+        left out). The caller applies what came and asks again, within the same reconciliation.
+        """
+
     def __init__(
         self,
         *,
         updates: _abc.Iterable[Global___CheckpointNote] | None = ...,
         evidence: _abc.Iterable[_builtins.bytes] | None = ...,
+        more: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence", "updates", b"updates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence", "more", b"more", "updates", b"updates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

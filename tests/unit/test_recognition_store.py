@@ -9,6 +9,7 @@ driven through :meth:`Recognition.answer` / :meth:`Recognition.apply_answer`, th
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import shutil
 import tomllib
@@ -278,3 +279,107 @@ def test_cosignature_relayed_by_another_member_is_refused(nodes: Four) -> None:
     with pytest.raises(FederationError) as e:
         receive(ah, ZJ, zj.seal(AH, msg), "recognition")
     assert e.value.reason == "COSIGNER_MISMATCH"
+
+
+def _serve_capped(caller: Node, peer: Node, max_bytes: int, answers: list[bytes]) -> None:
+    """Route ``caller``'s ``Reconcile`` calls to ``peer``'s answer with a small size limit."""
+
+    async def call(code: str, raw: bytes) -> bytes:
+        assert code == peer.code
+        answer = read(peer, lambda c: peer.recognition.answer(c, raw, max_bytes=max_bytes))
+        answers.append(answer)
+        return answer
+
+    caller.peers.reconcile = call  # type: ignore[method-assign,assignment]
+
+
+def _entry_bytes(node: Node) -> int:
+    return len(node.recognition.parse_new(result_data(node.code, 9)).to_canonical_bytes())
+
+
+def test_capped_answer_stops_at_a_stored_checkpoint_and_the_caller_asks_again(
+    nodes: Four,
+) -> None:
+    sh, ah = nodes[SH], nodes[AH]
+    ids = [publish(sh, n) for n in range(5)]
+    max_bytes = 2500 + int(2.5 * _entry_bytes(sh))
+    answers: list[bytes] = []
+    _serve_capped(ah, sh, max_bytes, answers)
+    lines = asyncio.run(ah.recognition.reconcile(SH))
+    assert [(x["origin"], x["status"], x["count"]) for x in lines] == [(SH, "behind", 5)]
+    assert len(answers) == 3 and all(len(a) <= max_bytes for a in answers)
+    assert list(pb.ReconcileResponse.FromString(answers[-1]).more) == []
+    assert read(ah, frontiers) == read(sh, frontiers)
+    assert [r["record_id"] for r in results(ah)] == ids
+    answers.clear()
+    again = asyncio.run(ah.recognition.reconcile(SH))
+    assert [x["status"] for x in again] == ["converged"] and len(answers) == 1
+
+
+def test_answer_that_fits_is_one_round_trip(nodes: Four) -> None:
+    sh, ah = nodes[SH], nodes[AH]
+    for n in range(5):
+        publish(sh, n)
+    answers: list[bytes] = []
+    _serve_capped(ah, sh, ah.cfg.limits.max_message_bytes, answers)
+    lines = asyncio.run(ah.recognition.reconcile(SH))
+    assert [(x["origin"], x["status"]) for x in lines] == [(SH, "behind")]
+    assert len(answers) == 1
+
+
+def test_answer_too_small_for_any_entry_defers_the_origin(nodes: Four) -> None:
+    sh, ah = nodes[SH], nodes[AH]
+    publish(sh)
+    req = read(ah, ah.recognition.request).SerializeToString()
+    raw = read(sh, lambda c: sh.recognition.answer(c, req, max_bytes=4000))
+    resp = pb.ReconcileResponse.FromString(raw)
+    assert list(resp.more) == [SH] and [n.entries for n in resp.updates] == []
+    answers: list[bytes] = []
+    _serve_capped(ah, sh, 4000, answers)
+    lines = asyncio.run(ah.recognition.reconcile(SH))
+    assert lines == [{"origin": SH, "status": "refused", "reason": "ANSWER_TOO_LARGE"}]
+    assert len(answers) == 1 and count(ah, ENTRIES) == 0
+
+
+def test_witness_without_an_intermediate_checkpoint_defers(nodes: Four) -> None:
+    """A witness that pulled many entries at once holds only the final checkpoint: it cannot
+    cut the catch-up (no signed root to verify a part against) and says so in ``more``."""
+    sh, js, ah = nodes[SH], nodes[JS], nodes[AH]
+    for n in range(3):
+        publish(sh, n)
+    reconcile(js, sh)  # one checkpoint of size 3 at Jiangsu
+    max_bytes = 2500 + int(1.5 * _entry_bytes(sh))
+    req = read(ah, ah.recognition.request).SerializeToString()
+    resp = pb.ReconcileResponse.FromString(
+        read(js, lambda c: js.recognition.answer(c, req, max_bytes=max_bytes))
+    )
+    assert list(resp.more) == [SH] and not any(n.entries for n in resp.updates)
+    resp = pb.ReconcileResponse.FromString(
+        read(sh, lambda c: sh.recognition.answer(c, req, max_bytes=max_bytes))
+    )
+    assert list(resp.more) == [SH] and [len(n.entries) for n in resp.updates] == [1]
+
+
+def test_answer_overtaken_by_the_notes_it_carries_is_converged(nodes: Four) -> None:
+    sh, js, ah = nodes[SH], nodes[JS], nodes[AH]
+    publish(sh)
+    assert deliver_all(sh, js) == []
+    mine = read(ah, frontiers)
+    req = read(ah, ah.recognition.request).SerializeToString()
+    answer = read(js, lambda c: js.recognition.answer(c, req))
+    assert deliver_all(sh, ah) == []  # the note arrives while the answer is on its way
+    lines = write(ah, lambda c: ah.recognition.apply_answer(c, JS, answer, mine))
+    assert [(x["origin"], x["status"]) for x in lines if x["origin"] == SH] == [(SH, "converged")]
+    assert count(ah, ENTRIES) == 1
+
+
+def test_entries_with_an_unchanged_checkpoint_from_our_size_are_refused(nodes: Four) -> None:
+    sh, js, ah = nodes[SH], nodes[JS], nodes[AH]
+    publish(sh)
+    assert deliver_all(sh, js, ah) == []
+    note = _note_of(sh)
+    note.old_size = 1  # claims to start where Anhui is, with an entry that is not in the tree
+    with pytest.raises(FederationError) as e:
+        write(ah, lambda c: ah.recognition.accept_note(c, note, source=JS, now=ah.clock()))
+    assert e.value.reason == "ENTRY_MISMATCH"
+    assert count(ah, ENTRIES) == 1
