@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -21,16 +23,32 @@ Add = Callable[..., argparse.ArgumentParser]
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
+    from federation.inspection import draft_assistance_requests
+
     data = _load_file(args.file)
+    drafts: list[dict[str, Any]] = []
 
     def job(node: Any, conn: Connection) -> dict[str, Any]:
-        result: dict[str, Any] = node.recognition.publish(conn, node.recognition.parse_new(data))
+        parsed = node.recognition.parse_new(data)
+        result: dict[str, Any] = node.recognition.publish(conn, parsed)
+        drafts[:] = draft_assistance_requests(parsed)
         return result
 
     out = _run(args, job)
-    _out(
-        args, out, f"result {out['record_id']} published as entry {out['index']} of {out['origin']}"
-    )
+    # A finding of use in another Delta province comes with a ready assistance request
+    # (guideline item 16): written next to the result file, sent with `cccfed request new`.
+    directory = Path(args.drafts_dir) if args.drafts_dir else Path(args.file).resolve().parent
+    written = []
+    for n, draft in enumerate(drafts, start=1):
+        path = directory / f"{out['record_id']}-assistance-{n}.json"
+        path.write_text(json.dumps(draft, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        written.append(str(path))
+    out["draft_requests"] = written
+    text = f"result {out['record_id']} published as entry {out['index']} of {out['origin']}"
+    for draft_path in written:
+        text += f"\ndraft assistance request (products used in another province): {draft_path}"
+        text += f"\n  send it with: cccfed request new {draft_path}"
+    _out(args, out, text)
     return 0
 
 
@@ -123,6 +141,9 @@ def register(sub: Any, add: Add) -> None:
         rs, "publish", cmd_publish, "append a result (TOML/JSON) to this node's log", config=True
     )
     sp.add_argument("file")
+    sp.add_argument(
+        "--drafts-dir", help="where to write draft assistance requests (default: next to FILE)"
+    )
     sp = add(rs, "list", cmd_list, "results held, with who recognised each", config=True)
     sp.add_argument("--origin", help="province code of the publishing node")
     sp.add_argument("--status", choices=list(STATUSES))
