@@ -38,13 +38,13 @@ from sqlalchemy.engine import Connection
 
 from cccfed.v1 import assistance_pb2 as pb
 from federation import conversation, requests
-from federation.envelope import Opened, VerifiedReceipt, header_of
+from federation.envelope import Opened, VerifiedReceipt
 from federation.errors import FederationError, ValidationError
 from federation.holidays import HolidayCalendar, YearSchedule
 from federation.periods import Due, days_left, is_overdue, shanghai_date
 from node import calendar_store
 from node.store.models import BulletinRead, BulletinRow, Reminder, RequestEvent, RequestRow
-from node.store.ops import Claimed
+from node.store.ops import Claimed, insert_conversation_event, outbox_created_at
 
 if TYPE_CHECKING:
     from node.runtime import Node
@@ -323,10 +323,7 @@ class Assistance:
         self._send_request(conn, request_id)
 
     def _sent_at(self, conn: Connection, message_id: str) -> dt.datetime:
-        from node.store.ops import OUTBOX
-
-        env = conn.execute(select(OUTBOX.c.envelope).where(OUTBOX.c.message_id == message_id)).one()
-        return header_of(bytes(env.envelope)).created_at.ToDatetime(tzinfo=dt.UTC)
+        return outbox_created_at(conn, message_id)
 
     def _insert_event(
         self,
@@ -340,18 +337,17 @@ class Assistance:
         msg: Message,
         created_at: dt.datetime,
     ) -> None:
-        conn.execute(
-            insert(EVENTS).values(
-                request_id=request_id,
-                side=side,
-                idx=idx,
-                seen=seen,
-                kind=kind,
-                message_id=message_id,
-                payload=msg.SerializeToString(deterministic=True),
-                created_at=created_at,
-                void=False,
-            )
+        insert_conversation_event(
+            conn,
+            EVENTS,
+            key={"request_id": request_id},
+            side=side,
+            idx=idx,
+            seen=seen,
+            kind=kind,
+            message_id=message_id,
+            payload=msg.SerializeToString(deterministic=True),
+            created_at=created_at,
         )
 
     def act(self, conn: Connection, request_id: str, event: requests.Event) -> RequestView:

@@ -61,6 +61,7 @@ from federation.experts import DateRange, Expert, Registry, SharedExpert
 from federation.periods import shanghai_date
 from federation.requests import FieldError
 from node.store.models import ExchangeEvent, ExchangeRow, ExpertBooking, ExpertRow
+from node.store.ops import insert_conversation_event, outbox_created_at
 
 if TYPE_CHECKING:
     from federation.envelope import Opened, VerifiedReceipt
@@ -780,11 +781,7 @@ class ExpertExchange:
         return request.request_id
 
     def _sent_at(self, conn: Connection, message_id: str) -> dt.datetime:
-        from federation.envelope import header_of
-        from node.store.ops import OUTBOX
-
-        env = conn.execute(select(OUTBOX.c.envelope).where(OUTBOX.c.message_id == message_id)).one()
-        return header_of(bytes(env.envelope)).created_at.ToDatetime(tzinfo=dt.UTC)
+        return outbox_created_at(conn, message_id)
 
     def _insert_event(
         self,
@@ -798,18 +795,17 @@ class ExpertExchange:
         msg: Message,
         created_at: dt.datetime,
     ) -> None:
-        conn.execute(
-            insert(EVENTS).values(
-                exchange_id=exchange_id,
-                side=side,
-                idx=idx,
-                seen=seen,
-                kind=kind,
-                message_id=message_id,
-                payload=msg.SerializeToString(deterministic=True),
-                created_at=created_at,
-                void=False,
-            )
+        insert_conversation_event(
+            conn,
+            EVENTS,
+            key={"exchange_id": exchange_id},
+            side=side,
+            idx=idx,
+            seen=seen,
+            kind=kind,
+            message_id=message_id,
+            payload=msg.SerializeToString(deterministic=True),
+            created_at=created_at,
         )
 
     # --- local actions -----------------------------------------------------------------------

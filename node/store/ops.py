@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, bindparam, exists, insert, or_, select, update
 from sqlalchemy.engine import Connection
@@ -441,6 +442,43 @@ def outbox_manual_retry(s: Connection, *, row_id: int, now: datetime) -> None:
         update(OUTBOX)
         .where(OUTBOX.c.id == row_id)
         .values(state=QUEUED, next_attempt_at=now, fail_reason=None, attempts=0)
+    )
+
+
+def outbox_created_at(s: Connection, message_id: str) -> datetime:
+    """The signed created_at of a message this node queued (the event time both sides use)."""
+    from federation.envelope import header_of
+
+    env = s.execute(select(OUTBOX.c.envelope).where(OUTBOX.c.message_id == message_id)).one()
+    return header_of(bytes(env.envelope)).created_at.ToDatetime(tzinfo=UTC)
+
+
+def insert_conversation_event(
+    s: Connection,
+    table: Any,
+    *,
+    key: dict[str, str],
+    side: str,
+    idx: int,
+    seen: int,
+    kind: str,
+    message_id: str,
+    payload: bytes,
+    created_at: datetime,
+) -> None:
+    """Store one event of a two-party conversation (a request, an exchange) as exact bytes."""
+    s.execute(
+        insert(table).values(
+            **key,
+            side=side,
+            idx=idx,
+            seen=seen,
+            kind=kind,
+            message_id=message_id,
+            payload=payload,
+            created_at=created_at,
+            void=False,
+        )
     )
 
 
