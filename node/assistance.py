@@ -246,7 +246,7 @@ class Assistance:
                 updated_at=now,
             )
         )
-        return self.view(conn, request_id) if void_ids else v
+        return v  # state and void set are derived and current; callers read them, not row.status
 
     # --- creating and sending -------------------------------------------------------------
 

@@ -710,7 +710,7 @@ class ExpertExchange:
         )
         if v.role == "provider":
             self._sync_bookings(conn, st)
-        return self.view(conn, exchange_id) if void_ids else v
+        return v  # state and void set are derived and current; callers read them, not the row
 
     # --- the host: creating and sending a request -------------------------------------------
 

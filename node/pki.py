@@ -41,12 +41,12 @@ LEAF_DAYS = 397
 MANIFEST_DAYS = 30
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret atomically with mode 0600 from the start (never world-readable)."""
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write, fsync and rename into place, with ``mode`` set before any byte is written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
-        os.fchmod(fd, 0o600)
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -55,21 +55,15 @@ def write_private(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret atomically with mode 0600 from the start (never world-readable)."""
+    _write_atomic(path, data, 0o600)
 
 
 def write_public(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_atomic(path, data, 0o644)
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -461,9 +455,9 @@ def renew(root: Path, code: str, *, now: datetime | None = None) -> tuple[str, i
     state["members"][code]["tls_certs"].append(_cert_pem(cert).decode())
     manifest = fed.issue_manifest(state, now)
     d = fed.node_dir(code)
-    # Key first, then certificate: a reader that sees the new certificate finds its key.
-    write_private(d / "tls.key.new", _key_pem(key))
-    write_public(d / "tls.crt.new", _cert_pem(cert))
-    os.replace(d / "tls.key.new", d / "tls.key")
-    os.replace(d / "tls.crt.new", d / "tls.crt")
+    # Key first, then certificate (each replaced atomically): a reader that sees the new
+    # certificate finds its key; one that sees the new key with the old certificate keeps the
+    # old pair until both match (node.trust.TlsFiles).
+    write_private(d / "tls.key", _key_pem(key))
+    write_public(d / "tls.crt", _cert_pem(cert))
     return serial_hex(cert), int(manifest.serial)
