@@ -88,8 +88,11 @@ class PeerPool:
         timeout: float,
         max_message_bytes: int,
         clock: Callable[[], datetime],
+        endpoints: dict[str, str] | None = None,
     ) -> None:
         self.self_node = self_node
+        #: Local endpoint overrides (config ``[peers]``); the manifest's endpoint otherwise.
+        self.endpoints = dict(endpoints or {})
         self.trust = trust
         self.tls = tls
         self.timeout = timeout
@@ -100,9 +103,10 @@ class PeerPool:
 
     def channel(self, peer: str) -> grpc.aio.Channel:
         member = self.trust.current.member(peer)
+        endpoint = self.endpoints.get(peer, member.endpoint)
         ident = self.tls.refresh()
         cached = self._channels.get(peer)
-        if cached and cached[1] == member.endpoint and cached[2] == ident.stamp:
+        if cached and cached[1] == endpoint and cached[2] == ident.stamp:
             return cached[0]
         if cached:
             # Let calls in flight finish on the old channel; new calls use the new identity.
@@ -113,9 +117,9 @@ class PeerPool:
             certificate_chain=ident.cert_pem,
         )
         ch = grpc.aio.secure_channel(
-            member.endpoint, creds, options=channel_options(self.max_message_bytes)
+            endpoint, creds, options=channel_options(self.max_message_bytes)
         )
-        self._channels[peer] = (ch, member.endpoint, ident.stamp)
+        self._channels[peer] = (ch, endpoint, ident.stamp)
         return ch
 
     async def close(self) -> None:

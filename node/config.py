@@ -65,6 +65,11 @@ class NodeConfig:
     manifest_refresh_seconds: float = 5.0
     #: Address of the Prometheus metrics endpoint ("" = off).
     metrics_listen: str = ""
+    #: Log line format of ``cccfed node serve``: "text" or "json" (one JSON object a line).
+    log_format: str = "text"
+    #: Local overrides of peers' manifest endpoints (member code -> host:port), e.g. to reach a
+    #: peer through a relay or proxy. TLS still checks the peer's pinned certificate.
+    peer_endpoints: dict[str, str] = field(default_factory=dict)
     #: Days before a reply's due date at which a reminder is produced (and once overdue).
     reminder_days: tuple[int, ...] = (3, 1)
 
@@ -99,7 +104,8 @@ def _section(doc: dict[str, Any], name: str, path: Path, required: bool = True) 
 
 
 _KNOWN = {
-    "node": {"code", "listen", "store_url", "replica", "metrics_listen"},
+    "node": {"code", "listen", "store_url", "replica", "metrics_listen", "log_format"},
+    "peers": set(divisions.PROVINCES),
     "tls": {"ca_cert", "cert", "key"},
     "signing": {"cert", "key"},
     "manifest": {"path", "refresh_seconds"},
@@ -123,6 +129,12 @@ _KNOWN = {
 def _positive(value: float, where: str) -> None:
     if value <= 0:
         raise ConfigError(f"{where}: must be positive, got {value}", reason="CONFIG_RANGE")
+
+
+def _host_port(value: str, where: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{where}: {value!r} is not host:port", reason="CONFIG_RANGE")
 
 
 def load_config(path: Path | str) -> NodeConfig:
@@ -160,11 +172,7 @@ def load_config(path: Path | str) -> NodeConfig:
             reason="CONFIG_RANGE",
         )
     listen = _get(node, "node", "listen", str, path)
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(
-            f"{path}: [node] listen: {listen!r} is not host:port", reason="CONFIG_RANGE"
-        )
+    _host_port(listen, f"{path}: [node] listen")
     store_url = _get(node, "node", "store_url", str, path)
     if store_url.startswith("sqlite:///") and not store_url.startswith("sqlite:////"):
         rel = store_url.removeprefix("sqlite:///")
@@ -229,6 +237,20 @@ def load_config(path: Path | str) -> NodeConfig:
             f"{where}: must be a list of whole days between 0 and 365, e.g. [3, 1]",
             reason="CONFIG_TYPE",
         )
+    log_format = _get(node, "node", "log_format", str, path, "text")
+    if log_format not in ("text", "json"):
+        raise ConfigError(
+            f'{path}: [node] log_format: {log_format!r} must be "text" or "json"',
+            reason="CONFIG_RANGE",
+        )
+    peer_endpoints: dict[str, str] = {}
+    peers = _section(doc, "peers", path, required=False)
+    for peer in peers:
+        endpoint = _get(peers, "peers", peer, str, path)
+        _host_port(endpoint, f"{path}: [peers] {peer}")
+        if peer == code:
+            raise ConfigError(f"{path}: [peers] {peer}: is this node itself", reason="CONFIG_RANGE")
+        peer_endpoints[peer] = endpoint
     return NodeConfig(
         path=path,
         code=code,
@@ -246,4 +268,6 @@ def load_config(path: Path | str) -> NodeConfig:
         manifest_refresh_seconds=_get(manifest, "manifest", "refresh_seconds", float, path, 5.0),
         metrics_listen=_get(node, "node", "metrics_listen", str, path, ""),
         reminder_days=tuple(days),
+        log_format=log_format,
+        peer_endpoints=peer_endpoints,
     )

@@ -113,6 +113,7 @@ class Node:
             timeout=cfg.limits.call_timeout_seconds,
             max_message_bytes=cfg.limits.max_message_bytes,
             clock=clock,
+            endpoints=cfg.peer_endpoints,
         )
         self.bound_port = 0
         self.outbox_wakeup = asyncio.Event()

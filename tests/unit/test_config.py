@@ -262,7 +262,40 @@ ERROR_CASES = [
         "[node] store_url",
         "CONFIG_RANGE",
     ),
+    case(
+        "log-format-unknown",
+        replace('code = "320000"', 'code = "320000"\nlog_format = "xml"'),
+        "[node] log_format",
+        "CONFIG_RANGE",
+    ),
+    case(
+        "peers-unknown-code",
+        BASE + '\n[peers]\n110000 = "127.0.0.1:1"\n',
+        "[peers] 110000",
+        "CONFIG_UNKNOWN",
+    ),
+    case(
+        "peers-not-host-port",
+        BASE + '\n[peers]\n310000 = "127.0.0.1"\n',
+        "[peers] 310000",
+        "CONFIG_RANGE",
+    ),
+    case("peers-not-text", BASE + "\n[peers]\n310000 = 5\n", "[peers] 310000", "CONFIG_TYPE"),
+    case(
+        "peers-self", BASE + '\n[peers]\n320000 = "127.0.0.1:9"\n', "[peers] 320000", "CONFIG_RANGE"
+    ),
 ]
+
+
+def test_log_format_and_peer_overrides_load(tmp_path: Path) -> None:
+    text = replace('code = "320000"', 'code = "320000"\nlog_format = "json"')
+    text += '\n[peers]\n310000 = "127.0.0.1:6001"\n340000 = "localhost:6002"\n'
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.log_format == "json"
+    assert cfg.peer_endpoints == {"310000": "127.0.0.1:6001", "340000": "localhost:6002"}
+    plain = load_config(write(tmp_path, BASE, "plain.toml"))
+    assert plain.log_format == "text"
+    assert plain.peer_endpoints == {}
 
 
 @pytest.mark.parametrize(("text", "key", "reason"), ERROR_CASES)
