@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 BUF := node_modules/.bin/buf
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint typecheck proto proto-check pytest bench bench-reconcile clean
+.PHONY: install demo test lint typecheck proto proto-check pytest bench bench-reconcile bench-obligations soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ bench: install
 
 bench-reconcile: install
 	$(VENV)/bin/python bench/reconcile.py $(BENCH_ARGS)
+
+bench-obligations: install
+	$(VENV)/bin/python bench/obligations.py $(BENCH_ARGS)
+
+# Four real nodes under SIGKILL restarts and link cuts, about 3 minutes (SOAK_ARGS="--seconds 1800").
+soak: install
+	$(VENV)/bin/python bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache
