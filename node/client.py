@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
@@ -32,6 +33,14 @@ SERVICES = {
     "expert_exchange": "/cccfed.v1.ExpertExchangeService/Deliver",
     "recognition": "/cccfed.v1.RecognitionService/Deliver",
 }
+
+
+#: Short service key -> fully qualified gRPC service name (``BatchItem.service``).
+SERVICE_NAMES = {key: method.split("/")[1] for key, method in SERVICES.items()}
+DELIVER_BATCH = "/cccfed.v1.FederationService/DeliverBatch"
+
+
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
 def _identity(b: bytes) -> bytes:
@@ -140,6 +149,52 @@ class PeerPool:
         except grpc.RpcError as e:
             raise from_rpc_error(peer, e) from e
         return result
+
+    async def deliver_batch(
+        self, peer: str, items: list[tuple[str, bytes]]
+    ) -> list[bytes | RemoteError]:
+        """Send several (service key, envelope) items in one ``DeliverBatch`` call.
+
+        Returns, per item in order, the receipt bytes (not yet verified) or the item's own
+        refusal as a :class:`RemoteError` with the code and reason it would have had alone.
+        A failure of the call itself (peer down, identity, size) raises :class:`RemoteError`.
+        """
+        call = self.channel(peer).unary_unary(
+            DELIVER_BATCH, request_serializer=_identity, response_deserializer=_identity
+        )
+        request = federation_pb2.DeliverBatchRequest(
+            items=[
+                federation_pb2.BatchItem(service=SERVICE_NAMES[service], envelope=envelope)
+                for service, envelope in items
+            ]
+        )
+        try:
+            raw: bytes = await call(
+                request.SerializeToString(), timeout=self.timeout, wait_for_ready=False
+            )
+        except grpc.RpcError as e:
+            raise from_rpc_error(peer, e) from e
+        try:
+            answer = federation_pb2.DeliverBatchResponse.FromString(raw)
+        except DecodeError as e:
+            raise RemoteError(
+                peer, grpc.StatusCode.INTERNAL, "MALFORMED", f"batch answer: {e}"
+            ) from e
+        if len(answer.outcomes) != len(items):
+            raise RemoteError(
+                peer,
+                grpc.StatusCode.INTERNAL,
+                "MALFORMED",
+                f"batch answer has {len(answer.outcomes)} outcomes for {len(items)} items",
+            )
+        out: list[bytes | RemoteError] = []
+        for o in answer.outcomes:
+            if o.WhichOneof("outcome") == "receipt":
+                out.append(o.receipt)
+            else:
+                code = _CODES.get(o.error.code, grpc.StatusCode.UNKNOWN)
+                out.append(RemoteError(peer, code, o.error.reason or code.name, o.error.message))
+        return out
 
     async def deliver_verified(self, peer: str, service: str, envelope: bytes) -> VerifiedReceipt:
         receipt = await self.deliver(peer, service, envelope)

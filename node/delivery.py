@@ -9,6 +9,12 @@ Each attempt is one call with a deadline. The outcome decides the row's next sta
 State lives in the store, so the schedule survives restarts; a row left ``sending`` by a crash is
 released at start-up (or, on a shared database, when its lease expires) and sent again — the
 receiver's inbox answers a resend with the original receipt.
+
+Messages to one peer travel in ``DeliverBatch`` calls (docs/PROTOCOL.md §6.3, ADR 0004): a lane
+per peer keeps up to :data:`CALLS_PER_PEER` calls in flight and packs whatever is waiting into
+the next one (no waiting to fill a batch, so a lone message leaves at once). Every item keeps its
+own outcome, receipt, retry schedule and failure reason, exactly as if it had gone alone. A peer
+that does not know ``DeliverBatch`` (UNIMPLEMENTED) is sent one call per message instead.
 """
 
 from __future__ import annotations
@@ -17,15 +23,20 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+import grpc
 from sqlalchemy.engine import Connection
 from tenacity import RetryCallState, wait_random_exponential
 
+from federation.envelope import VerifiedReceipt, verify_receipt
 from federation.errors import FederationError, VerificationError
 from node.faults import failpoint
-from node.status import is_transient
+from node.status import RemoteError, is_transient
 from node.store.ops import (
     Claimed,
     outbox_claim,
@@ -48,11 +59,30 @@ def backoff_seconds(attempt: int, initial: float, cap: float) -> float:
     return float(wait_random_exponential(multiplier=initial, max=cap)(state))
 
 
+#: Calls in flight to one peer at once; further messages wait and leave together in the next.
+CALLS_PER_PEER = 4
+#: Most messages in one DeliverBatch call (the receiver accepts up to 256).
+BATCH_ITEMS = 64
+
+
+@dataclass
+class _Lane:
+    """Messages waiting for one peer, and how to send them."""
+
+    queue: deque[Claimed] = field(default_factory=deque)
+    calls: int = 0
+    batch: bool = True  # False once the peer answered DeliverBatch with UNIMPLEMENTED
+
+
 class DeliveryWorker:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.inflight: set[asyncio.Task[None]] = set()
+        #: Messages handed to a lane and not yet finished (the claim loop's slots).
+        self.pending = 0
+        self.lanes: dict[str, _Lane] = {}
         self.delivered = 0
+        self.calls = 0
         self.stopping = False
         self.running = False
 
@@ -75,7 +105,7 @@ class DeliveryWorker:
             while not self.stopping:
                 # Clear before looking, so a message queued while we look wakes us again.
                 node.outbox_wakeup.clear()
-                free = dl.concurrency - len(self.inflight)
+                free = dl.concurrency - self.pending
                 claimed: list[Claimed] = []
                 if free > 0:
                     try:
@@ -90,10 +120,7 @@ class DeliveryWorker:
                         )
                     except FederationError as e:
                         log.warning("outbox claim failed: %s", e.diagnostics())
-                for c in claimed:
-                    t = asyncio.create_task(self._deliver(c))
-                    self.inflight.add(t)
-                    t.add_done_callback(self._done)
+                self.dispatch(claimed)
                 if not claimed:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(dl.poll_seconds):
@@ -106,56 +133,113 @@ class DeliveryWorker:
                 await asyncio.gather(*self.inflight, return_exceptions=True)
 
     def dispatch(self, rows: list[Claimed]) -> None:
-        """Start delivering rows this process committed already claimed (see enqueue).
-
-        They may exceed ``concurrency`` briefly; the claim loop then waits for free slots.
-        """
+        """Start delivering claimed rows (from the claim loop, or committed already claimed by
+        ``Node.run_and_send``). They may exceed ``concurrency`` briefly; the claim loop then
+        waits for free slots."""
+        touched: dict[str, _Lane] = {}
         for c in rows:
-            t = asyncio.create_task(self._deliver(c))
+            lane = self.lanes.setdefault(c.recipient_node, _Lane())
+            lane.queue.append(c)
+            self.pending += 1
+            touched[c.recipient_node] = lane
+        for peer, lane in touched.items():
+            self._pump(peer, lane)
+
+    def _pump(self, peer: str, lane: _Lane) -> None:
+        budget = self.node.cfg.limits.max_message_bytes
+        while lane.queue and lane.calls < CALLS_PER_PEER and not self.stopping:
+            batch = [lane.queue.popleft()]
+            size = len(batch[0].envelope)
+            while (
+                lane.queue
+                and len(batch) < BATCH_ITEMS
+                and size + len(lane.queue[0].envelope) + 64 <= budget
+            ):
+                c = lane.queue.popleft()
+                batch.append(c)
+                size += len(c.envelope) + 64  # per-item framing, generously
+            lane.calls += 1
+            t = asyncio.create_task(self._deliver(peer, lane, batch))
             self.inflight.add(t)
-            t.add_done_callback(self._done)
+            t.add_done_callback(functools.partial(self._done, peer, lane, len(batch)))
 
-    def _done(self, t: asyncio.Task[None]) -> None:
+    def _done(self, peer: str, lane: _Lane, n: int, t: asyncio.Task[None]) -> None:
         self.inflight.discard(t)
-        self.node.outbox_wakeup.set()  # a slot is free
+        lane.calls -= 1
+        self.pending -= n
+        if not t.cancelled() and t.exception() is not None:
+            log.error("delivery to %s failed unexpectedly", peer, exc_info=t.exception())
+        self._pump(peer, lane)
+        self.node.outbox_wakeup.set()  # slots are free
 
-    async def _deliver(self, c: Claimed) -> None:
+    async def _send(self, peer: str, lane: _Lane, batch: list[Claimed]) -> list[bytes | Exception]:
+        """One call (or one per message for a peer without DeliverBatch); outcome per item."""
+        peers = self.node.peers
+        self.calls += 1
+        if lane.batch:
+            try:
+                return list(
+                    await peers.deliver_batch(peer, [(c.service, c.envelope) for c in batch])
+                )
+            except RemoteError as e:
+                if not (e.code == grpc.StatusCode.UNIMPLEMENTED and e.reason == "UNIMPLEMENTED"):
+                    return [e] * len(batch)
+                log.info("%s does not know DeliverBatch: one call per message from now on", peer)
+                lane.batch = False
+            except FederationError as e:
+                return [e] * len(batch)
+
+        async def alone(c: Claimed) -> bytes | Exception:
+            try:
+                return await peers.deliver(peer, c.service, c.envelope)
+            except FederationError as e:
+                return e
+
+        return list(await asyncio.gather(*(alone(c) for c in batch)))
+
+    async def _deliver(self, peer: str, lane: _Lane, batch: list[Claimed]) -> None:
         node = self.node
-        dl = node.cfg.delivery
-        failpoint("after_claim")
-        try:
-            vr = await node.peers.deliver_verified(c.recipient_node, c.service, c.envelope)
-        except FederationError as e:
-            error = str(e)
-            if is_transient(e):
-                delay = backoff_seconds(c.attempts, dl.retry_initial_seconds, dl.retry_max_seconds)
-                next_at = node.clock() + timedelta(seconds=delay)
-                log.info(
-                    "message %s to %s: attempt %d failed (%s); next in %.1fs",
-                    c.message_id,
-                    c.recipient_node,
-                    c.attempts,
-                    e.reason,
-                    delay,
-                )
-                await node.writer.run(
-                    lambda s: outbox_retry_later(s, row_id=c.id, error=error, next_at=next_at)
-                )
-            else:
-                reason = e.reason if not isinstance(e, VerificationError) else f"RECEIPT:{e.reason}"
-                log.error(
-                    "message %s to %s failed permanently: %s",
-                    c.message_id,
-                    c.recipient_node,
-                    e.diagnostics(),
-                )
-                await node.writer.run(
-                    lambda s: outbox_failed(s, row_id=c.id, reason=reason, error=error)
-                )
-            return
-        for cb in node.receipt_callbacks:
-            cb(c.message_id)
-        failpoint("after_send")
+        for _ in batch:  # fail points count messages, not calls
+            failpoint("after_claim")
+        outcomes = await self._send(peer, lane, batch)
+        jobs: list[Callable[[Connection], None]] = []
+        done: list[Claimed] = []
+        for c, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, bytes):
+                try:
+                    vr = verify_receipt(
+                        outcome,
+                        c.envelope,
+                        node.trust.current,
+                        expected_receiver=peer,
+                        at=node.clock(),
+                    )
+                except FederationError as e:
+                    jobs.append(self._refused(c, e))
+                    continue
+                for cb in node.receipt_callbacks:
+                    cb(c.message_id)
+                jobs.append(self._record(c, vr))
+                done.append(c)
+            elif isinstance(outcome, FederationError):
+                jobs.append(self._refused(c, outcome))
+            else:  # pragma: no cover - _send returns bytes or FederationError only
+                raise outcome
+        for _ in done:
+            failpoint("after_send")
+        # One writer job per message (a failure stays with its message); the writer commits
+        # them together.
+        results = await asyncio.gather(*(node.writer.run(j) for j in jobs), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                log.error("storing a delivery outcome for %s failed: %s", peer, r)
+        for c in done:
+            self.delivered += 1
+            for cb in node.delivered_callbacks:
+                cb(c.message_id)
+
+    def _record(self, c: Claimed, vr: VerifiedReceipt) -> Callable[[Connection], None]:
+        node = self.node
         hook = node.registry.delivered_hooks.get(c.kind)
 
         def record(s: Connection) -> None:
@@ -171,7 +255,31 @@ class DeliveryWorker:
             if first and hook is not None:
                 hook(s, c, vr)  # the domain learns of the receipt in the same transaction
 
-        await node.writer.run(record)
-        self.delivered += 1
-        for cb in node.delivered_callbacks:
-            cb(c.message_id)
+        return record
+
+    def _refused(self, c: Claimed, e: FederationError) -> Callable[[Connection], None]:
+        node = self.node
+        dl = node.cfg.delivery
+        error = str(e)
+        if is_transient(e):
+            delay = backoff_seconds(c.attempts, dl.retry_initial_seconds, dl.retry_max_seconds)
+            next_at = node.clock() + timedelta(seconds=delay)
+            log.info(
+                "message %s to %s: attempt %d failed (%s); next in %.1fs",
+                c.message_id,
+                c.recipient_node,
+                c.attempts,
+                e.reason,
+                delay,
+                extra={"message_id": c.message_id, "peer": c.recipient_node, "reason": e.reason},
+            )
+            return lambda s: outbox_retry_later(s, row_id=c.id, error=error, next_at=next_at)
+        reason = e.reason if not isinstance(e, VerificationError) else f"RECEIPT:{e.reason}"
+        log.error(
+            "message %s to %s failed permanently: %s",
+            c.message_id,
+            c.recipient_node,
+            e.diagnostics(),
+            extra={"message_id": c.message_id, "peer": c.recipient_node, "reason": reason},
+        )
+        return lambda s: outbox_failed(s, row_id=c.id, reason=reason, error=error)

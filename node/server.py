@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from cccfed.v1 import federation_pb2
 from federation.envelope import open_envelope
 from federation.errors import ConfigError, FederationError
 from node.client import server_options
@@ -39,6 +41,9 @@ log = logging.getLogger(__name__)
 #: Refusals that depend only on when a message is checked; an exact redelivery of bytes
 #: accepted earlier still gets its original receipt.
 TIME_BOUND_REASONS = frozenset({"CLOCK_SKEW", "EXPIRED_KEY", "REVOKED_KEY"})
+
+#: Most envelopes one DeliverBatch call may carry (the size limit applies to the whole call too).
+MAX_BATCH_ITEMS = 256
 
 CURRENT_PEER: contextvars.ContextVar[str] = contextvars.ContextVar("cccfed_peer")
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -128,6 +133,71 @@ def _identity(b: bytes) -> bytes:
     return b
 
 
+#: Full gRPC service name -> the node's short service key (``Node.kinds_for``, outbox rows).
+SERVICE_KEYS = {
+    "cccfed.v1.FederationService": "federation",
+    "cccfed.v1.AssistanceService": "assistance",
+    "cccfed.v1.ExpertExchangeService": "expert_exchange",
+    "cccfed.v1.RecognitionService": "recognition",
+}
+
+
+class Refused(FederationError):
+    """One envelope's refusal, with its message id when it could be read."""
+
+    def __init__(self, err: FederationError, message_id: str) -> None:
+        super().__init__(str(err), reason=err.reason)
+        self.message_id = message_id
+
+
+async def accept_envelope(node: Node, service: str, raw: bytes, peer: str) -> bytes:
+    """Verify ``raw`` exactly as received, commit it once and return the signed receipt.
+
+    Raises :class:`FederationError` (nothing stored) for a refusal, after counting and logging
+    it. An exact redelivery of bytes accepted earlier gets the original receipt, also when the
+    refusal depends only on when it is checked (:data:`TIME_BOUND_REASONS`).
+    """
+    message_id = ""
+    try:
+        opened = open_envelope(
+            raw,
+            node.trust.current,
+            self_node=node.code,
+            peer_node=peer,
+            now=node.clock(),
+            policy=node.policy,
+            allowed_kinds=node.kinds_for(service),
+        )
+        message_id = opened.message_id
+        apply = node.handler_for(opened.kind)
+        receipt: bytes = await node.writer.run(
+            lambda s: inbox_accept(
+                s,
+                opened,
+                signer=node.signer,
+                self_node=node.code,
+                now=node.clock(),
+                apply=apply,
+            )
+        )
+    except FederationError as e:
+        if e.reason in TIME_BOUND_REASONS:
+            original = await asyncio.to_thread(node.receipt_for_redelivery, raw, peer)
+            if original is not None:
+                return original
+        node.metrics_rejection(e.reason)
+        log.info(
+            "refused envelope from %s: %s",
+            peer,
+            e.diagnostics(),
+            extra={"message_id": message_id, "peer": peer, "reason": e.reason},
+        )
+        raise Refused(e, message_id) from e
+    failpoint("after_receive_commit")
+    node.on_received(opened)
+    return receipt
+
+
 class EnvelopeIntake:
     """Receives envelopes for one service: verify bytes, commit once, answer with the receipt."""
 
@@ -136,48 +206,66 @@ class EnvelopeIntake:
         self.service = service
 
     async def __call__(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        try:
+            return await accept_envelope(self.node, self.service, raw, CURRENT_PEER.get())
+        except FederationError as e:
+            await abort(context, e, e.message_id if isinstance(e, Refused) else "")
+            raise
+
+
+class BatchIntake:
+    """``DeliverBatch``: every item is handled as :func:`accept_envelope` would handle it alone.
+
+    Items are accepted concurrently, so the store writer commits them together (one fsync for
+    the batch); each receipt is still signed only after its own message is committed.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def __call__(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         node = self.node
         peer = CURRENT_PEER.get()
-        message_id = ""
         try:
-            opened = open_envelope(
-                raw,
-                node.trust.current,
-                self_node=node.code,
-                peer_node=peer,
-                now=node.clock(),
-                policy=node.policy,
-                allowed_kinds=node.kinds_for(self.service),
+            request = federation_pb2.DeliverBatchRequest.FromString(raw)
+        except DecodeError as e:
+            err = FederationError(
+                f"DeliverBatch: not a DeliverBatchRequest: {e}", reason="MALFORMED"
             )
-            message_id = opened.message_id
-            apply = node.handler_for(opened.kind)
-            receipt: bytes = await node.writer.run(
-                lambda s: inbox_accept(
-                    s,
-                    opened,
-                    signer=node.signer,
-                    self_node=node.code,
-                    now=node.clock(),
-                    apply=apply,
-                )
-            )
-        except FederationError as e:
-            if e.reason in TIME_BOUND_REASONS:
-                original = await asyncio.to_thread(node.receipt_for_redelivery, raw, peer)
-                if original is not None:
-                    return original
-            node.metrics_rejection(e.reason)
-            log.info(
-                "refused envelope from %s: %s",
-                peer,
-                e.diagnostics(),
-                extra={"message_id": message_id},
-            )
-            await abort(context, e, message_id)
+            node.metrics_rejection(err.reason)
+            await abort(context, err)
             raise
-        failpoint("after_receive_commit")
-        node.on_received(opened)
-        return receipt
+        if not request.items or len(request.items) > MAX_BATCH_ITEMS:
+            err = FederationError(
+                f"DeliverBatch: {len(request.items)} items (1 to {MAX_BATCH_ITEMS} allowed)",
+                reason="INVALID",
+            )
+            node.metrics_rejection(err.reason)
+            await abort(context, err)
+            raise err
+
+        async def one(item: federation_pb2.BatchItem) -> federation_pb2.BatchOutcome:
+            key = SERVICE_KEYS.get(item.service)
+            try:
+                if key is None:
+                    node.metrics_rejection("UNSUPPORTED_KIND")
+                    raise FederationError(
+                        f"DeliverBatch: unknown service {item.service!r}", reason="UNSUPPORTED_KIND"
+                    )
+                receipt = await accept_envelope(node, key, item.envelope, peer)
+            except FederationError as e:
+                return federation_pb2.BatchOutcome(
+                    error=federation_pb2.BatchError(
+                        code=code_for(e).value[0],
+                        reason=e.reason,
+                        message=str(e),
+                        message_id=e.message_id if isinstance(e, Refused) else "",
+                    )
+                )
+            return federation_pb2.BatchOutcome(receipt=receipt)
+
+        outcomes = await asyncio.gather(*(one(item) for item in request.items))
+        return federation_pb2.DeliverBatchResponse(outcomes=outcomes).SerializeToString()
 
 
 def build_server(node: Node) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
@@ -209,6 +297,7 @@ def build_server(node: Node) -> tuple[grpc.aio.Server, health.aio.HealthServicer
         "cccfed.v1.FederationService": {
             "Ping": rpc(EnvelopeIntake(node, "federation")),
             "GetManifest": rpc(manifest),
+            "DeliverBatch": rpc(BatchIntake(node)),
         },
         "cccfed.v1.AssistanceService": {"Deliver": rpc(EnvelopeIntake(node, "assistance"))},
         "cccfed.v1.ExpertExchangeService": {

@@ -47,6 +47,11 @@ class FederationServiceStub:
                 request_serializer=cccfed_dot_v1_dot_federation__pb2.GetManifestRequest.SerializeToString,
                 response_deserializer=cccfed_dot_v1_dot_manifest__pb2.SignedManifest.FromString,
                 _registered_method=True)
+        self.DeliverBatch = channel.unary_unary(
+                '/cccfed.v1.FederationService/DeliverBatch',
+                request_serializer=cccfed_dot_v1_dot_federation__pb2.DeliverBatchRequest.SerializeToString,
+                response_deserializer=cccfed_dot_v1_dot_federation__pb2.DeliverBatchResponse.FromString,
+                _registered_method=True)
 
 
 class FederationServiceServicer:
@@ -68,6 +73,16 @@ class FederationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverBatch(self, request, context):
+        """Deliver several envelopes, for any of the business services, in one call (docs/PROTOCOL.md
+        §6.3). Each item is verified, committed and answered exactly as if it had come alone
+        through its service's Deliver (or Ping): its own signed receipt or its own refusal. The
+        call itself fails only for what concerns every item (peer identity, size, availability).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +95,11 @@ def add_FederationServiceServicer_to_server(servicer, server):
                     servicer.GetManifest,
                     request_deserializer=cccfed_dot_v1_dot_federation__pb2.GetManifestRequest.FromString,
                     response_serializer=cccfed_dot_v1_dot_manifest__pb2.SignedManifest.SerializeToString,
+            ),
+            'DeliverBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverBatch,
+                    request_deserializer=cccfed_dot_v1_dot_federation__pb2.DeliverBatchRequest.FromString,
+                    response_serializer=cccfed_dot_v1_dot_federation__pb2.DeliverBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +157,33 @@ class FederationService:
             '/cccfed.v1.FederationService/GetManifest',
             cccfed_dot_v1_dot_federation__pb2.GetManifestRequest.SerializeToString,
             cccfed_dot_v1_dot_manifest__pb2.SignedManifest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cccfed.v1.FederationService/DeliverBatch',
+            cccfed_dot_v1_dot_federation__pb2.DeliverBatchRequest.SerializeToString,
+            cccfed_dot_v1_dot_federation__pb2.DeliverBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
