@@ -43,6 +43,12 @@ def _ident(b: bytes) -> bytes:
     return b
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def summarize(latencies: list[float], seconds: float) -> dict[str, Any]:
     q = quantiles(latencies, n=100)
     return {
@@ -102,9 +108,13 @@ async def echo_client(
                 await call(payload, timeout=10)
                 lat.append(time.perf_counter() - t)
 
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(loop() for _ in range(c)))
-        return summarize(lat, time.perf_counter() - t0)
+        result = summarize(lat, time.perf_counter() - t0)
+        result["client_cpu_ms_per_msg"] = round(
+            (time.process_time() - cpu0) * 1000 / max(1, len(lat)), 3
+        )
+        return result
 
 
 async def sender(config: Path, target: str, c: int, seconds: float) -> dict[str, Any]:
@@ -162,14 +172,19 @@ async def sender(config: Path, target: str, c: int, seconds: float) -> dict[str,
 
         await asyncio.sleep(0.5)
         stored_lat.clear()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         commits, jobs = node.writer.commits, node.writer.jobs
+        calls = node.worker.calls
         await asyncio.gather(*(producer() for _ in range(c)))
         elapsed = time.perf_counter() - t0
         result: dict[str, Any] = summarize(lat, elapsed)
         stored = summarize(stored_lat, elapsed)
         result["receipt_stored_p50_ms"] = stored["p50_ms"]
         result["receipt_stored_p99_ms"] = stored["p99_ms"]
+        result["client_cpu_ms_per_msg"] = round(
+            (time.process_time() - cpu0) * 1000 / max(1, len(lat)), 3
+        )
+        result["sender_calls"] = node.worker.calls - calls
         result["sender_commits"] = node.writer.commits - commits
         result["sender_jobs"] = node.writer.jobs - jobs
         return result
@@ -251,10 +266,13 @@ def main() -> None:
         "--size",
         str(args.size),
     )
+    srv_cpu0 = cpu_seconds(srv.pid)
     out, err = cl.communicate()
+    srv_cpu = cpu_seconds(srv.pid) - srv_cpu0
     srv.terminate()
     srv.wait()
     base = json.loads(out)
+    base["server_cpu_ms_per_msg"] = round(srv_cpu * 1000 / max(1, base["messages"]), 3)
 
     # 2. cccfed: receiver node process + sender node process driving a closed loop
     recv = subprocess.Popen(
@@ -281,18 +299,24 @@ def main() -> None:
         "--seconds",
         str(args.seconds),
     )
+    recv_cpu0 = cpu_seconds(recv.pid)
     out, err = snd.communicate()
+    recv_cpu = cpu_seconds(recv.pid) - recv_cpu0
     recv.terminate()
     recv.wait()
     if snd.returncode != 0:
         print(err, file=sys.stderr)
         raise SystemExit(1)
     fed = json.loads(out.strip().splitlines()[-1])
+    # Includes the sender's warm-up (c messages): a slight overestimate.
+    fed["server_cpu_ms_per_msg"] = round(recv_cpu * 1000 / max(1, fed["messages"]), 3)
 
-    print(f"{'':28}{'msgs/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'n':>9}")
+    head = ("msgs/s", "p50 ms", "p99 ms", "n", "cpu ms/msg client+server")
+    print(f"{'':30}" + "".join(f"{h:>10}" for h in head[:4]) + f"  {head[4]}")
     for label, r in (("bare grpc.aio mTLS echo", base), ("cccfed signed+stored+receipt", fed)):
-        cols = (r["per_second"], r["p50_ms"], r["p99_ms"])
-        print(f"{label:28}" + "".join(f"{c:>10}" for c in cols) + f"{r['messages']:>9}")
+        cols = (r["per_second"], r["p50_ms"], r["p99_ms"], r["messages"])
+        cpu = f"{r['client_cpu_ms_per_msg']:.3f} + {r['server_cpu_ms_per_msg']:.3f}"
+        print(f"{label:30}" + "".join(f"{c:>10}" for c in cols) + f"  {cpu}")
     ratio = fed["per_second"] / base["per_second"]
     print(f"throughput ratio cccfed / echo = {ratio:.2f}  (goal >= 0.5)")
     print(
