@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import sys
@@ -110,14 +109,11 @@ def _say(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 
 
 def cmd_node_serve(args: argparse.Namespace) -> int:
+    from node.logs import configure_logging
     from node.runtime import serve
 
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     cfg = load_config(_config_path(args))
+    configure_logging(cfg)
     asyncio.run(serve(cfg))
     return 0
 

@@ -36,6 +36,7 @@ from tenacity import RetryCallState, wait_random_exponential
 from federation.envelope import VerifiedReceipt, verify_receipt
 from federation.errors import FederationError, VerificationError
 from node.faults import failpoint
+from node.metrics import seconds_since_queued
 from node.status import RemoteError, is_transient
 from node.store.ops import (
     Claimed,
@@ -202,8 +203,8 @@ class DeliveryWorker:
         for _ in batch:  # fail points count messages, not calls
             failpoint("after_claim")
         outcomes = await self._send(peer, lane, batch)
-        jobs: list[Callable[[Connection], None]] = []
-        done: list[Claimed] = []
+        jobs: list[Callable[[Connection], bool]] = []
+        done: list[tuple[int, Claimed]] = []  # (index of its record job, row)
         for c, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, bytes):
                 try:
@@ -219,8 +220,8 @@ class DeliveryWorker:
                     continue
                 for cb in node.receipt_callbacks:
                     cb(c.message_id)
+                done.append((len(jobs), c))
                 jobs.append(self._record(c, vr))
-                done.append(c)
             elif isinstance(outcome, FederationError):
                 jobs.append(self._refused(c, outcome))
             else:  # pragma: no cover - _send returns bytes or FederationError only
@@ -233,16 +234,21 @@ class DeliveryWorker:
         for r in results:
             if isinstance(r, BaseException):
                 log.error("storing a delivery outcome for %s failed: %s", peer, r)
-        for c in done:
+        now = node.clock()
+        for i, c in done:
+            if isinstance(results[i], BaseException):
+                continue  # not stored: the row stays claimed and is sent again after its lease
             self.delivered += 1
+            if results[i] is True:  # the first verified receipt for this row
+                node.metrics.delivered(peer, c.kind, seconds_since_queued(c.envelope, now))
             for cb in node.delivered_callbacks:
                 cb(c.message_id)
 
-    def _record(self, c: Claimed, vr: VerifiedReceipt) -> Callable[[Connection], None]:
+    def _record(self, c: Claimed, vr: VerifiedReceipt) -> Callable[[Connection], bool]:
         node = self.node
         hook = node.registry.delivered_hooks.get(c.kind)
 
-        def record(s: Connection) -> None:
+        def record(s: Connection) -> bool:
             first = outbox_delivered(
                 s,
                 row_id=c.id,
@@ -254,14 +260,18 @@ class DeliveryWorker:
             )
             if first and hook is not None:
                 hook(s, c, vr)  # the domain learns of the receipt in the same transaction
+            return first
 
         return record
 
-    def _refused(self, c: Claimed, e: FederationError) -> Callable[[Connection], None]:
+    def _refused(self, c: Claimed, e: FederationError) -> Callable[[Connection], bool]:
         node = self.node
         dl = node.cfg.delivery
         error = str(e)
-        if is_transient(e):
+        transient = is_transient(e)
+        reason = e.reason if not isinstance(e, VerificationError) else f"RECEIPT:{e.reason}"
+        node.metrics.send_failed(c.recipient_node, reason, transient=transient)
+        if transient:
             delay = backoff_seconds(c.attempts, dl.retry_initial_seconds, dl.retry_max_seconds)
             next_at = node.clock() + timedelta(seconds=delay)
             log.info(
@@ -273,8 +283,12 @@ class DeliveryWorker:
                 delay,
                 extra={"message_id": c.message_id, "peer": c.recipient_node, "reason": e.reason},
             )
-            return lambda s: outbox_retry_later(s, row_id=c.id, error=error, next_at=next_at)
-        reason = e.reason if not isinstance(e, VerificationError) else f"RECEIPT:{e.reason}"
+
+            def retry(s: Connection) -> bool:
+                outbox_retry_later(s, row_id=c.id, error=error, next_at=next_at)
+                return False
+
+            return retry
         log.error(
             "message %s to %s failed permanently: %s",
             c.message_id,
@@ -282,4 +296,9 @@ class DeliveryWorker:
             e.diagnostics(),
             extra={"message_id": c.message_id, "peer": c.recipient_node, "reason": reason},
         )
-        return lambda s: outbox_failed(s, row_id=c.id, reason=reason, error=error)
+
+        def failed(s: Connection) -> bool:
+            outbox_failed(s, row_id=c.id, reason=reason, error=error)
+            return False
+
+        return failed

@@ -80,6 +80,7 @@ from federation.witness import (
     witness_update,
 )
 from node.faults import failpoint
+from node.logs import message_context
 from node.store.models import (
     EquivocationRow,
     LogCheckpointRow,
@@ -333,6 +334,8 @@ class Recognition:
 
     def __init__(self, node: Node) -> None:
         self.node = node
+        #: peer -> when the last reconciliation round with it completed (for metrics)
+        self.last_reconciled: dict[str, datetime] = {}
         node.registry.register(SERVICE, NOTE_KIND, self._on_note)
         node.registry.register(SERVICE, COSIGNATURE_KIND, self._on_cosignature)
         node.registry.register(SERVICE, EVIDENCE_KIND, self._on_evidence)
@@ -435,7 +438,8 @@ class Recognition:
             note = pb.CheckpointNote.FromString(opened.payload)
         except DecodeError as e:
             raise ValidationError("CheckpointNote does not parse", reason="MALFORMED") from e
-        self.accept_note(conn, note, source=opened.header.sender_node, now=now)
+        with message_context(opened.message_id):
+            self.accept_note(conn, note, source=opened.header.sender_node, now=now)
 
     def accept_note(
         self, conn: Connection, note: pb.CheckpointNote, *, source: str, now: datetime
@@ -657,7 +661,8 @@ class Recognition:
             _, decision = witness_update(probe, signed.to_bytes(cosignatures=False), [], tm, at=now)
             if decision.outcome is Outcome.EQUIVOCATION and cp.origin not in frozen_origins(conn):
                 assert decision.evidence is not None
-                self._record_equivocation(conn, decision.evidence, source=self.code, now=now)
+                with message_context(opened.message_id):
+                    self._record_equivocation(conn, decision.evidence, source=self.code, now=now)
             return
         self._store_cosignature(
             conn, cp.origin, cp.size, cp.root, bytes(msg.cosignature), witness, now
@@ -705,7 +710,10 @@ class Recognition:
             msg = pb.EquivocationEvidence.FromString(opened.payload)
         except DecodeError as e:
             raise ValidationError("EquivocationEvidence does not parse", reason="MALFORMED") from e
-        self.accept_evidence(conn, bytes(msg.evidence), source=opened.header.sender_node, now=now)
+        with message_context(opened.message_id):
+            self.accept_evidence(
+                conn, bytes(msg.evidence), source=opened.header.sender_node, now=now
+            )
 
     # --- views ----------------------------------------------------------------------------------
 
@@ -1050,6 +1058,7 @@ class Recognition:
                     ", ".join(more),
                 )
                 break
+        self.last_reconciled[peer] = self.node.clock()
         with self.node.reader.connect() as conn:
             return self._finish(conn, lines, mine)
 

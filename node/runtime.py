@@ -29,6 +29,7 @@ from federation.envelope import Opened, Policy, VerifiedReceipt, kind_of, seal
 from federation.errors import ConfigError, FederationError, ValidationError
 from node.client import PeerPool, PingResult
 from node.config import NodeConfig
+from node.logs import message_context
 from node.store.db import Writer, make_engine, migrate, reader
 from node.store.ops import Apply, Claimed, outbox_enqueue, outbox_unclaim, record_manifest
 from node.trust import ManifestHolder, TlsFiles, load_ca
@@ -118,6 +119,15 @@ class Node:
         self.bound_port = 0
         self.outbox_wakeup = asyncio.Event()
         self.rejections: dict[str, int] = {}
+        #: What the health service says (None: not checked yet) and why: (check, problem) pairs,
+        #: ``check`` one of :data:`node.metrics.HEALTH_CHECKS`.
+        self.serving: bool | None = None
+        self.health_findings: list[tuple[str, str]] = []
+        self._health_logged: tuple[frozenset[str], float] | None = None
+        from node.metrics import NodeMetrics
+
+        #: Prometheus metrics; served on ``[node] metrics_listen`` by :meth:`start`.
+        self.metrics = NodeMetrics(self)
         self._received_callbacks: list[Callable[[Opened], None]] = []
         #: Called with the message id when a verified receipt arrives (before it is stored).
         self.receipt_callbacks: list[Callable[[str], None]] = []
@@ -127,6 +137,9 @@ class Node:
         self._server: Any = None
         self._stopping = False
         self._health: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Port of the metrics endpoint (0: not serving metrics).
+        self.metrics_port = 0
         self._record_manifest()
         from node.assistance import Assistance
 
@@ -149,11 +162,23 @@ class Node:
         return self.registry.handlers.get(kind)
 
     def on_received(self, opened: Opened) -> None:
-        for cb in self._received_callbacks:
-            cb(opened)
+        """An envelope was accepted and committed (called by the server after each)."""
+        peer = opened.header.sender_node
+        self.metrics.received(peer, opened.kind)
+        log.debug(
+            "received %s from %s",
+            opened.kind,
+            peer,
+            extra={"message_id": opened.message_id, "peer": peer, "kind": opened.kind},
+        )
+        with message_context(opened.message_id):
+            for cb in self._received_callbacks:
+                cb(opened)
 
     def metrics_rejection(self, reason: str) -> None:
+        """Count a refused call or envelope under its machine-readable reason."""
         self.rejections[reason] = self.rejections.get(reason, 0) + 1
+        self.metrics.rejection(reason)
 
     # --- sending --------------------------------------------------------------------------
 
@@ -206,6 +231,12 @@ class Node:
         from federation.envelope import header_of
 
         claim = kw.pop("claim", False)
+        if claim and not s.info.get("cccfed_dispatch", False):
+            # Nobody hands this row to the worker after the commit (a message queued by the
+            # handler of a received one, in the intake's transaction): committed claimed, it
+            # would wait for its lease to expire. Leave it queued and wake the worker instead.
+            claim = False
+            self._wake_worker()
         conversation = kw.get("correlation_id", "")
         env = self.seal(recipient_node, payload, **kw)
         mid = header_of(env).message_id
@@ -236,6 +267,12 @@ class Node:
             lambda s: self.enqueue_in(s, recipient_node, service, payload, claim=True, **kw)
         )
 
+    def _wake_worker(self) -> None:
+        """Wake the delivery worker's claim loop (from any thread; no-op if not serving)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.outbox_wakeup.set)
+
     async def run_and_send(self, job: Callable[[Connection], T]) -> T:
         """Run a write job that queues messages (``enqueue_in(..., claim=True)``); after it
         commits, hand them straight to the delivery worker instead of a separate claim."""
@@ -252,7 +289,11 @@ class Node:
 
         def claimed(s: Connection) -> tuple[T, list[Claimed]]:
             s.info.pop("cccfed_claimed", None)
-            result = job(s)
+            s.info["cccfed_dispatch"] = True  # rows claimed in job are dispatched below
+            try:
+                result = job(s)
+            finally:
+                s.info.pop("cccfed_dispatch", None)
             return result, s.info.pop("cccfed_claimed", [])
 
         result, rows = await self.writer.run(claimed)
@@ -292,6 +333,7 @@ class Node:
             )
 
         await self.writer.run(log_exchange)
+        log.debug("ping to %s answered", target, extra={"message_id": mid, "peer": target})
         return mid, res
 
     # --- manifest ---------------------------------------------------------------------------
@@ -350,21 +392,34 @@ class Node:
 
     def health_problems(self) -> list[str]:
         """Why this node should not serve (empty when healthy)."""
+        return [problem for _, problem in self.health_check()]
+
+    def health_check(self) -> list[tuple[str, str]]:
+        """``(check, problem)`` for each reason not to serve; ``check`` names what failed:
+        ``manifest`` (expired), ``tls_certificate`` / ``signing_certificate`` (the one in use
+        is expired, revoked or not listed for us), ``store`` (unreachable)."""
         now = self.clock()
-        problems = []
+        found: list[tuple[str, str]] = []
         tm = self.trust.current
         if tm.is_expired(now):
-            problems.append(f"manifest serial {tm.serial} expired at {tm.expires_at.isoformat()}")
+            found.append(
+                ("manifest", f"manifest serial {tm.serial} expired at {tm.expires_at.isoformat()}")
+            )
         tls_der = x509.load_pem_x509_certificate(
             self.tls.refresh(force=True).cert_pem
         ).public_bytes(serialization.Encoding.DER)
-        problems += tm.own_certificate_status(self.code, tls_der, self.signer.key_id, now)
+        for problem in tm.own_certificate_status(self.code, tls_der, self.signer.key_id, now):
+            check = "tls_certificate" if problem.startswith("TLS") else "signing_certificate"
+            found.append((check, problem))
         try:
             with self.reader.connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
         except Exception as e:  # noqa: BLE001 - any store failure means NOT_SERVING
-            problems.append(f"store unreachable: {type(e).__name__}")
-        return problems
+            detail = str(getattr(e, "orig", None) or e).strip().splitlines()
+            found.append(
+                ("store", f"store unreachable: {type(e).__name__}: {detail[0] if detail else ''}")
+            )
+        return found
 
     # --- serving ----------------------------------------------------------------------------
 
@@ -375,9 +430,17 @@ class Node:
         # The event loop (gRPC) and the store writer share the GIL; at the default 5 ms switch
         # interval a busy writer delays every waiting RPC by up to 5 ms per hand-over.
         sys.setswitchinterval(SWITCH_INTERVAL)
-        self._server, self._health = build_server(self)
-        await self._server.start()
-        await self._update_health()
+        self._loop = asyncio.get_running_loop()
+        if self.cfg.metrics_listen:
+            # First, so that a port in use stops the start before anything serves.
+            self.metrics_port = self.metrics.serve(self.cfg.metrics_listen)
+        try:
+            self._server, self._health = build_server(self)
+            await self._server.start()
+            await self._update_health()
+        except BaseException:
+            await asyncio.to_thread(self.metrics.close)
+            raise
         self.worker = DeliveryWorker(self)
         self._tasks = [
             asyncio.create_task(self.worker.run(), name="delivery"),
@@ -385,13 +448,35 @@ class Node:
         ]
         log.info("node %s serving on port %d", self.code, self.bound_port)
 
+    #: While NOT_SERVING, the reasons are logged again at this interval (and at every change).
+    HEALTH_RELOG_SECONDS = 300.0
+
+    async def update_health(self) -> list[str]:
+        """Check health now, set the gRPC health status and return the problems found."""
+        await self._update_health()
+        return [problem for _, problem in self.health_findings]
+
     async def _update_health(self) -> None:
         from node.server import NOT_SERVING, SERVING
 
-        problems = await asyncio.to_thread(self.health_problems)
+        findings = await asyncio.to_thread(self.health_check)
+        problems = frozenset(p for _, p in findings)
+        logged = self._health_logged
+        if problems and (
+            logged is None
+            or logged[0] != problems
+            or time.monotonic() - logged[1] >= self.HEALTH_RELOG_SECONDS
+        ):
+            for check, p in findings:
+                log.error("NOT_SERVING: %s", p, extra={"check": check})
+            self._health_logged = (problems, time.monotonic())
+        elif not problems and self.serving is False:
+            log.info("SERVING again: every health check passes")
+        if not problems:
+            self._health_logged = None
+        self.health_findings = findings
+        self.serving = not problems
         status = NOT_SERVING if problems else SERVING
-        for p in problems:
-            log.error("NOT_SERVING: %s", p)
         await self._health.set("", status)
         for svc in (
             "cccfed.v1.FederationService",
@@ -442,6 +527,7 @@ class Node:
                 await t
         if self._server is not None:
             await self._server.stop(grace)
+        await asyncio.to_thread(self.metrics.close)
         await self.peers.close()
         self.writer.close()
         self.engine.dispose()
