@@ -814,7 +814,10 @@ class _LocatedJson:
             if self.text[i : i + 1] != '"':
                 raise _JsonSyntax("expecting a property name in double quotes", i)
             key_at = i
-            key, i = self._decoder.raw_decode(self.text, i)
+            try:
+                key, i = self._decoder.raw_decode(self.text, i)
+            except json.JSONDecodeError as e:  # e.g. a property name without its closing quote
+                raise _JsonSyntax(e.msg, e.pos) from e
             assert isinstance(key, str)
             if key in result:
                 raise _JsonSyntax(f"key {key!r} appears twice in one object", key_at)

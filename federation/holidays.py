@@ -449,6 +449,8 @@ class _Parser:
                 return tomllib.loads(text)
             except tomllib.TOMLDecodeError as e:
                 raise self.error("", f"invalid TOML: {e}") from e
+            except RecursionError as e:  # arrays or tables nested thousands deep
+                raise self.error("", "invalid TOML: nested too deeply") from e
         try:
             return json.loads(text, object_pairs_hook=_reject_duplicate_keys)
         except _DuplicateKeyError as e:
@@ -457,6 +459,8 @@ class _Parser:
             raise self.error(
                 "", f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
             ) from e
+        except RecursionError as e:
+            raise self.error("", "invalid JSON: nested too deeply") from e
 
     def table(
         self,

@@ -1293,6 +1293,12 @@ def from_canonical_bytes(data: bytes) -> InspectionResult:
         raise ValidationError(
             f"inspection record bytes are not canonical JSON: {e}", reason="NOT_CANONICAL"
         ) from e
+    except RecursionError as e:
+        # A leaf comes from a peer (signed by its origin, but still hostile input): nesting
+        # deeper than the parser's stack is a refusal, never an exception of another kind.
+        raise ValidationError(
+            "inspection record bytes are nested too deeply to be a record", reason="NOT_CANONICAL"
+        ) from e
     if not isinstance(value, dict):
         raise ValidationError(
             f"inspection record bytes hold a JSON {type(value).__name__}, not an object",

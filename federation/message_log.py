@@ -86,7 +86,13 @@ class Keyring:
                 if info.purpose == "signing":
                     ring.keys[key_id] = info
             for r in tm.manifest.revoked:
-                at = r.revoked_at.ToDatetime(tzinfo=UTC)
+                try:
+                    at = r.revoked_at.ToDatetime(tzinfo=UTC)
+                except (ValueError, OverflowError) as e:
+                    raise VerificationError(
+                        f"manifest {tm.serial}: revocation of {r.serial} has an invalid time",
+                        reason="MANIFEST_MALFORMED",
+                    ) from e
                 prev = ring.revoked_at.get(r.serial)
                 ring.revoked_at[r.serial] = at if prev is None else min(prev, at)
         return ring
@@ -179,7 +185,10 @@ def verify_chain(
             raise LogVerificationError(seq, f"record says it is number {rec.seq}")
         if rec.prev_hash != last_hash:
             raise LogVerificationError(seq, "chain broken: previous hash does not match")
-        at = rec.recorded_at.ToDatetime(tzinfo=UTC)
+        try:
+            at = rec.recorded_at.ToDatetime(tzinfo=UTC)
+        except (ValueError, OverflowError):
+            raise LogVerificationError(seq, "recorded_at is not a valid timestamp") from None
         try:
             if rec.type == ENVELOPE:
                 header = verify_envelope_signature(rec.data, ring, at)

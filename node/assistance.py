@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError, Message
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, insert, select, tuple_, update
 from sqlalchemy.engine import Connection
 
 from cccfed.v1 import assistance_pb2 as pb
@@ -41,7 +41,7 @@ from federation import conversation, requests
 from federation.envelope import Opened, VerifiedReceipt
 from federation.errors import FederationError, ValidationError
 from federation.holidays import HolidayCalendar, YearSchedule
-from federation.periods import Due, days_left, is_overdue, shanghai_date
+from federation.periods import TZ, Due, days_left, is_overdue, shanghai_date
 from node import calendar_store
 from node.store.models import BulletinRead, BulletinRow, Reminder, RequestEvent, RequestRow
 from node.store.ops import Claimed, insert_conversation_event, outbox_created_at
@@ -158,6 +158,34 @@ def fold_events(
 
     events = [conversation.Event(r.side, r.idx, r.seen, r) for r in records]
     return conversation.fold(requests.start(request), events, step)
+
+
+#: Statuses in which the responder owes a reply (the request is an open obligation).
+OPEN_STATUSES = (requests.RequestStatus.DELIVERED.value, requests.RequestStatus.ACCEPTED.value)
+
+
+def obligation_of(r: Any, now: dt.datetime) -> dict[str, Any] | None:
+    """The obligation a ``requests`` row stands for at ``now``, or None if it owes nothing."""
+    if r.status not in OPEN_STATUSES or r.due_date is None or r.due_ends_at is None:
+        return None
+    due = Due.from_dict(json.loads(r.view)["due"]) if r.view else None
+    if due is None:
+        return None
+    return {
+        "request_id": r.request_id,
+        "direction": "owed" if r.role == "responder" else "awaiting",
+        "counterpart": r.requester_node if r.role == "responder" else r.responder_node,
+        "bureau": r.assigned_bureau or r.target_bureau,
+        "requesting_bureau": r.requesting_bureau,
+        "kind": r.kind,
+        "holder": r.holder_name,
+        "status": r.status,
+        "due_date": r.due_date,
+        "due_ends_at": r.due_ends_at,
+        "provisional": bool(r.due_provisional),
+        "days_left": days_left(due, now),
+        "overdue": is_overdue(due, now),
+    }
 
 
 class Assistance:
@@ -631,46 +659,68 @@ class Assistance:
 
     # --- obligations, reminders, escalation ----------------------------------------------
 
-    def obligations(self, conn: Connection, now: dt.datetime) -> list[dict[str, Any]]:
-        """Open requests with a due date: what this node owes and what it is owed."""
-        rows = conn.execute(
-            select(REQUESTS).where(
-                REQUESTS.c.status.in_(
-                    [requests.RequestStatus.DELIVERED.value, requests.RequestStatus.ACCEPTED.value]
+    def obligations(
+        self,
+        conn: Connection,
+        now: dt.datetime,
+        *,
+        direction: str | None = None,
+        overdue: bool = False,
+        due_by: dt.datetime | None = None,
+        limit: int | None = None,
+        after: tuple[dt.datetime, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Open requests with a due date: what this node owes and what it is owed.
+
+        Ordered by due instant (then request id), most urgent first. ``direction`` ("owed" or
+        "awaiting") keeps one side, ``overdue`` only the overdue ones, ``due_by`` those whose
+        period ends at or before that instant; ``limit`` and ``after`` (the ``(due_ends_at,
+        request_id)`` of the last row of the previous page) page through them. Each (status,
+        role) pair is one range of the index ``ix_requests_open_due`` read in order, so a page
+        costs the same whatever the number of open requests.
+        """
+        roles = {"owed": ["responder"], "awaiting": ["requester"]}.get(
+            direction or "", ["responder", "requester"]
+        )
+        bound = now if overdue else due_by
+        if overdue and due_by is not None:
+            bound = min(now, due_by)
+        rows: list[Any] = []
+        for status in OPEN_STATUSES:
+            for role in roles:
+                q = select(REQUESTS).where(
+                    REQUESTS.c.status == status,
+                    REQUESTS.c.role == role,
+                    REQUESTS.c.due_ends_at.is_not(None),
                 )
-            )
-        ).all()
+                if bound is not None:
+                    q = q.where(REQUESTS.c.due_ends_at <= bound)
+                if after is not None:
+                    q = q.where(tuple_(REQUESTS.c.due_ends_at, REQUESTS.c.request_id) > after)
+                q = q.order_by(REQUESTS.c.due_ends_at, REQUESTS.c.request_id)
+                if limit is not None:
+                    q = q.limit(limit)
+                rows.extend(conn.execute(q).all())
+        rows.sort(key=lambda r: (r.due_ends_at, r.request_id))
         out = []
         for r in rows:
-            if r.due_date is None or r.due_ends_at is None:
+            ob = obligation_of(r, now)
+            if ob is None or (overdue and not ob["overdue"]):
                 continue
-            due = Due.from_dict(json.loads(r.view)["due"]) if r.view else None
-            if due is None:
-                continue
-            out.append(
-                {
-                    "request_id": r.request_id,
-                    "direction": "owed" if r.role == "responder" else "awaiting",
-                    "counterpart": r.requester_node if r.role == "responder" else r.responder_node,
-                    "bureau": r.assigned_bureau or r.target_bureau,
-                    "requesting_bureau": r.requesting_bureau,
-                    "kind": r.kind,
-                    "holder": r.holder_name,
-                    "status": r.status,
-                    "due_date": r.due_date,
-                    "due_ends_at": r.due_ends_at,
-                    "provisional": bool(r.due_provisional),
-                    "days_left": days_left(due, now),
-                    "overdue": is_overdue(due, now),
-                }
-            )
-        out.sort(key=lambda o: (o["due_ends_at"], o["request_id"]))
+            out.append(ob)
+            if limit is not None and len(out) == limit:
+                break
         return out
 
     def sweep(self, conn: Connection, now: dt.datetime) -> list[dict[str, Any]]:
         """Produce each due reminder once (idempotent: a (request, key, due date) is stored)."""
         produced = []
-        for ob in self.obligations(conn, now):
+        # Only periods ending by the end of the furthest reminder day can need one: days_left
+        # <= d means the due date is at most today + d, i.e. the period ends by 24:00 of it.
+        horizon = max((*self.reminder_days, 0))
+        day_after = shanghai_date(now) + dt.timedelta(days=horizon + 1)
+        due_by = dt.datetime.combine(day_after, dt.time(0), tzinfo=TZ).astimezone(dt.UTC)
+        for ob in self.obligations(conn, now, due_by=due_by):
             # The most urgent reminder that applies now; each once per request and due date.
             if ob["overdue"]:
                 keys = ["overdue"]
@@ -710,7 +760,7 @@ class Assistance:
     def escalation(self, conn: Connection, now: dt.datetime) -> list[dict[str, Any]]:
         """Overdue obligations per counterpart province: counts, oldest due date, per bureau."""
         groups: dict[tuple[str, str], dict[str, Any]] = {}
-        for ob in self.obligations(conn, now):
+        for ob in self.obligations(conn, now, overdue=True):
             if not ob["overdue"]:
                 continue
             key = (ob["direction"], ob["counterpart"])

@@ -531,12 +531,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(sub, "demo", cmd_demo, "run the four-province demo", json=False)
     sp.add_argument("--dir")
 
-    from node import cli_calendar, cli_exchange, cli_requests, cli_results
+    from node import cli_calendar, cli_exchange, cli_requests, cli_results, cli_store
 
     cli_calendar.register(sub, add)
     cli_requests.register(sub, add)
     cli_exchange.register(sub, add)
     cli_results.register(sub, add)
+    cli_store.register(sub, add)
     return p
 
 

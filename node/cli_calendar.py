@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 
 from federation.errors import ValidationError
 from federation.holidays import (
+    MAX_SCHEDULE_BYTES,
     MAX_SCHEDULE_YEAR,
     MIN_SCHEDULE_YEAR,
     HolidayCalendar,
@@ -36,6 +37,7 @@ from federation.periods import TZ, Due, day_period, working_day_period
 from node import output
 from node.calendar_store import StoredSchedule, import_schedule_detailed, stored_schedules
 from node.cli import DEFAULT_CONFIG, _config_path, _instant
+from node.cli_requests import read_input_file
 from node.config import NodeConfig, load_config
 from node.store.db import make_engine, migrate
 
@@ -256,8 +258,8 @@ def _counts(s: YearSchedule) -> dict[str, int]:
 
 def cmd_calendar_import(args: argparse.Namespace) -> int:
     cfg = load_config(_config_path(args))
-    path = Path(args.file)
-    data = path.read_bytes()
+    # A regular file within the schedule limit, never a FIFO or device (which would hang).
+    data = read_input_file(args.file, limit=MAX_SCHEDULE_BYTES, too_large="CALENDAR")
     # Validate before touching the store: a refused file changes nothing, not even the schema.
     parse_schedule(data, filename=args.file)
     now = dt.datetime.now(dt.UTC)

@@ -23,10 +23,10 @@ from federation import exchange as ex
 from federation.ccc_catalogue import CATEGORIES
 from federation.draw import DrawRecord
 from federation.errors import ValidationError
-from federation.experts import parse_registry_csv, parse_registry_json
+from federation.experts import MAX_REGISTRY_BYTES, parse_registry_csv, parse_registry_json
 from federation.periods import shanghai_date
 from node import output
-from node.cli_requests import _load_file, _node, _out, _read, _run
+from node.cli_requests import _load_file, _node, _out, _read, _run, read_input_file
 
 Add = Callable[..., argparse.ArgumentParser]
 
@@ -47,10 +47,8 @@ def _category_names(codes: list[str]) -> str:
 
 def cmd_experts_import(args: argparse.Namespace) -> int:
     path = Path(args.file)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ValidationError(f"{args.file}: cannot read: {e.strerror}") from e
+    # A regular file within the registry limit, never a FIFO or device (which would hang).
+    data = read_input_file(path, limit=MAX_REGISTRY_BYTES, too_large="REGISTRY_TOO_LARGE")
 
     def job(node: Any, conn: Connection) -> dict[str, Any]:
         parse = parse_registry_json if path.suffix.lower() == ".json" else parse_registry_csv

@@ -11,14 +11,16 @@ import asyncio
 import hashlib
 import json
 import mimetypes
+import os
+import stat
 import tomllib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from google.protobuf.message import Message
-from sqlalchemy import select
+from sqlalchemy import and_, select, tuple_
 from sqlalchemy.engine import Connection
 
 from cccfed.v1 import assistance_pb2 as pb
@@ -27,6 +29,8 @@ from federation.errors import ValidationError
 from node import output
 
 Add = Callable[..., argparse.ArgumentParser]
+#: Rows per page of ``request list`` and ``obligations``.
+PAGE = 50
 
 
 def _node(args: argparse.Namespace) -> Any:
@@ -59,12 +63,53 @@ def _read(node: Any, fn: Callable[[Any, Connection], Any]) -> Any:
         node.close()
 
 
+#: Largest request, reply, result, bulletin or draw-record file read (they are text; attachments
+#: are separate files, read with their own limit).
+MAX_INPUT_FILE_BYTES = 8 * 1024 * 1024
+
+
+def read_input_file(
+    path: str | os.PathLike[str], *, limit: int, too_large: str = "FILE_TOO_LARGE"
+) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, or a :class:`ValidationError`.
+
+    Opened without blocking and checked on the open descriptor, so a FIFO, a device such as
+    ``/dev/zero``, a socket or a directory is refused (``NOT_A_FILE``) instead of hanging or
+    filling memory, and a file larger than ``limit`` is refused (``too_large``) before it is read.
+    """
+    name = os.fspath(path)
+    try:
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise ValidationError(f"{name}: cannot read: {e.strerror}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValidationError(
+                f"{name}: is not a regular file (a directory, device, pipe or socket)",
+                reason="NOT_A_FILE",
+            )
+        if st.st_size > limit:
+            raise ValidationError(
+                f"{name}: has {st.st_size} bytes; at most {limit} are allowed", reason=too_large
+            )
+        chunks, left = [], limit + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as e:
+        raise ValidationError(f"{name}: cannot read: {e.strerror}") from e
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limit:  # it grew while being read
+        raise ValidationError(f"{name}: has more than {limit} bytes", reason=too_large)
+    return data
+
+
 def _load_file(path: str) -> dict[str, Any]:
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise ValidationError(f"{path}: cannot read: {e.strerror}") from e
+    raw = read_input_file(p, limit=MAX_INPUT_FILE_BYTES)
     try:
         text = raw.decode("utf-8")
         data = tomllib.loads(text) if p.suffix.lower() == ".toml" else json.loads(text)
@@ -72,19 +117,44 @@ def _load_file(path: str) -> dict[str, Any]:
         raise ValidationError(
             f"{path}: not valid {p.suffix.lstrip('.').upper() or 'JSON'}: {e}"
         ) from e
+    except RecursionError as e:  # arrays or tables nested thousands deep
+        raise ValidationError(
+            f"{path}: not valid {p.suffix.lstrip('.').upper() or 'JSON'}: nested too deeply"
+        ) from e
     if not isinstance(data, dict):
         raise ValidationError(f"{path}: must hold a table/object at the top")
     return data
 
 
-def _file_reader(base: Path) -> Callable[[str], bytes]:
+def _file_reader(base: Path, *, limit: int, named: Iterable[str] = ()) -> Callable[[str], bytes]:
+    """Reads the attachments a request or reply file names, relative to that file's directory.
+
+    A path in a file must stay inside the file's directory (``ATTACHMENT_PATH``): no absolute
+    paths, no ``..`` and no symbolic link leading out, so that a file received from elsewhere
+    cannot make the node send its own keys or other local files to another province. Paths the
+    operator gave on the command line (``named``) are read as given. Only regular files of at
+    most ``limit`` bytes are read (``NOT_A_FILE``, ``ATTACHMENT_TOO_LARGE``).
+    """
+    root = base.resolve()
+    given = set(named)
+
     def read(name: str) -> bytes:
         p = Path(name)
-        p = p if p.is_absolute() else base / p
-        try:
-            return p.read_bytes()
-        except OSError as e:
-            raise ValidationError(f"attachment {name}: cannot read: {e.strerror}") from e
+        if name not in given:
+            if p.is_absolute():
+                raise ValidationError(
+                    f"attachment {name}: a path in a file must be relative to the file's "
+                    "directory (attach other files with --attach)",
+                    reason="ATTACHMENT_PATH",
+                )
+            p = (root / p).resolve()
+            if not p.is_relative_to(root):
+                raise ValidationError(
+                    f"attachment {name}: leads to {p}, outside {root} (attach files outside "
+                    "the request file's directory with --attach)",
+                    reason="ATTACHMENT_PATH",
+                )
+        return read_input_file(p, limit=limit, too_large="ATTACHMENT_TOO_LARGE")
 
     return read
 
@@ -97,11 +167,7 @@ def _attachment(path: str) -> dict[str, Any]:
     }
 
 
-def _pb_attachment(path: str) -> pb.Attachment:
-    try:
-        content = Path(path).read_bytes()
-    except OSError as e:
-        raise ValidationError(f"{path}: cannot read: {e.strerror}") from e
+def _pb_attachment(path: str, content: bytes) -> pb.Attachment:
     return pb.Attachment(
         name=Path(path).name,
         media_type=mimetypes.guess_type(path)[0] or "application/octet-stream",
@@ -166,7 +232,10 @@ def cmd_new(args: argparse.Namespace) -> int:
         data["attachments"] = [*data.get("attachments", []), *(_attachment(a) for a in args.attach)]
 
     def job(node: Any, conn: Connection) -> dict[str, Any]:
-        request = node.assistance.parse_new(data, read_file=_file_reader(base))
+        reader = _file_reader(
+            base, limit=node.assistance.max_attachment_bytes, named=args.attach or ()
+        )
+        request = node.assistance.parse_new(data, read_file=reader)
         node.assistance.create(conn, request, send=not args.draft)
         v = node.assistance.view(conn, request.request_id)
         return _summary(v)
@@ -219,28 +288,71 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_list(args: argparse.Namespace) -> int:
+def _page_limit(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise ValidationError(f"--limit {args.limit}: must be at least 1")
+    return int(args.limit)
+
+
+def _page(items: list[dict[str, Any]], limit: int) -> str:
+    """Cut ``items`` (one row more than a page was read) to a page; the hint for the next."""
+    more = len(items) > limit
+    del items[limit:]
+    return f"more: the next page with --after {items[-1]['request_id']}" if more else ""
+
+
+def _after_due(conn: Connection, request_id: str | None) -> Any:
+    """The ``(due_ends_at, request_id)`` cursor of ``--after ID`` for the obligation lists."""
     from node.assistance import REQUESTS
+
+    if request_id is None:
+        return None
+    rid = _find(conn, request_id)
+    at = conn.execute(
+        select(REQUESTS.c.due_ends_at).where(REQUESTS.c.request_id == rid)
+    ).scalar_one()
+    if at is None:
+        raise ValidationError(f"--after {request_id}: that request has no due date")
+    return (at, rid)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from node.assistance import REQUESTS, obligation_of
 
     node = _node(args)
     now = node.clock()
+    limit = _page_limit(args)
 
     def read(node: Any, conn: Connection) -> list[dict[str, Any]]:
-        obs = node.assistance.obligations(conn, now)
-        if args.owed:
-            obs = [o for o in obs if o["direction"] == "owed"]
-        if args.awaiting:
-            obs = [o for o in obs if o["direction"] == "awaiting"]
-        if args.overdue:
-            obs = [o for o in obs if o["overdue"]]
-        ids = {o["request_id"]: o for o in obs}
-        q = select(REQUESTS).order_by(REQUESTS.c.created_at)
-        rows = conn.execute(q).all()
+        if args.owed or args.awaiting or args.overdue:
+            # Obligations, most urgent first, one page through the (status, role, due) index.
+            direction = None if args.owed == args.awaiting else "owed" if args.owed else "awaiting"
+            obs = node.assistance.obligations(
+                conn,
+                now,
+                direction=direction,
+                overdue=args.overdue,
+                limit=limit + 1,
+                after=_after_due(conn, args.after),
+            )
+            keys = [o["request_id"] for o in obs]
+            by_id = {
+                r.request_id: r
+                for r in conn.execute(select(REQUESTS).where(REQUESTS.c.request_id.in_(keys)))
+            }
+            rows = [by_id[k] for k in keys]
+        else:
+            q = select(REQUESTS).order_by(REQUESTS.c.created_at, REQUESTS.c.request_id)
+            if args.after is not None:
+                rid = _find(conn, args.after)
+                at = conn.execute(
+                    select(REQUESTS.c.created_at).where(REQUESTS.c.request_id == rid)
+                ).scalar_one()
+                q = q.where(tuple_(REQUESTS.c.created_at, REQUESTS.c.request_id) > (at, rid))
+            rows = list(conn.execute(q.limit(limit + 1)).all())
         out = []
         for r in rows:
-            if (args.owed or args.awaiting or args.overdue) and r.request_id not in ids:
-                continue
-            ob = ids.get(r.request_id)
+            ob = obligation_of(r, now)
             out.append(
                 {
                     "request_id": r.request_id,
@@ -259,6 +371,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         return out
 
     items = _read(node, read)
+    hint = _page(items, limit)
     if args.json:
         output.emit_json(items)
         return 0
@@ -280,17 +393,43 @@ def cmd_list(args: argparse.Namespace) -> int:
             for i in items
         ],
     )
+    if hint:
+        print(hint)
     return 0
 
 
+_UUID_LOW = "00000000-0000-0000-0000-000000000000"
+_UUID_HIGH = "ffffffff-ffff-ffff-ffff-ffffffffffff"
+
+
+def _uuid_range(prefix: str) -> tuple[str, str] | None:
+    """The first and last canonical UUIDs starting with ``prefix``, or None if none can.
+
+    Request ids are canonical UUIDs; strings of that one shape sort alike in every collation,
+    so ``BETWEEN`` these bounds is exactly the ids with the prefix, read from the primary-key
+    index on SQLite and PostgreSQL alike (a ``LIKE 'prefix%'`` is a full scan on both).
+    """
+    if len(prefix) > len(_UUID_LOW):
+        return None
+    for c, t in zip(prefix, _UUID_LOW, strict=False):
+        if (t == "-") != (c == "-") or (c != "-" and c not in "0123456789abcdef"):
+            return None
+    return prefix + _UUID_LOW[len(prefix) :], prefix + _UUID_HIGH[len(prefix) :]
+
+
 def _find(conn: Connection, prefix: str) -> str:
+    """The one request id equal to, or else starting with, ``prefix``."""
     from node.assistance import REQUESTS
 
-    ids = (
-        conn.execute(select(REQUESTS.c.request_id).where(REQUESTS.c.request_id.like(prefix + "%")))
-        .scalars()
-        .all()
-    )
+    col = REQUESTS.c.request_id
+    if conn.execute(select(col).where(col == prefix)).first() is not None:
+        return prefix  # a whole id: one primary-key lookup
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    match = col.like(escaped + "%", escape="\\")
+    bounds = _uuid_range(prefix)
+    if bounds is not None:
+        match = and_(col.between(*bounds), match)
+    ids = conn.execute(select(col).where(match).limit(2)).scalars().all()
     if len(ids) != 1:
         raise ValidationError(
             f"request {prefix!r}: "
@@ -394,8 +533,10 @@ def cmd_withdraw(args: argparse.Namespace) -> int:
 def cmd_progress(args: argparse.Namespace) -> int:
     def ev(node: Any, conn: Connection, rid: str) -> requests.Event:
         msg = pb.ProgressReport(request_id=rid, text=args.text)
+        limit = node.assistance.max_attachment_bytes
         for a in args.attach or []:
-            msg.attachments.append(_pb_attachment(a))
+            content = read_input_file(a, limit=limit, too_large="ATTACHMENT_TOO_LARGE")
+            msg.attachments.append(_pb_attachment(a, content))
         return _event(msg)
 
     return _act(args, ev)
@@ -432,6 +573,17 @@ def cmd_extend(args: argparse.Namespace) -> int:
 _CONCLUSIONS = {c.value: c for c in requests.Conclusion}
 
 
+def _tables(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """``data[key]`` as a list of tables (absent: empty), or a ValidationError naming it."""
+    items = data.get(key, [])
+    if not isinstance(items, list):
+        raise ValidationError(f"{key}: must be a list of tables")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValidationError(f"{key}[{i}]: must be a table")
+    return items
+
+
 def cmd_reply(args: argparse.Namespace) -> int:
     def ev(node: Any, conn: Connection, rid: str) -> requests.Event:
         if args.file:
@@ -440,14 +592,12 @@ def cmd_reply(args: argparse.Namespace) -> int:
         else:
             data, base = {}, Path.cwd()
         msg = pb.Reply(request_id=rid, summary=str(data.get("summary", args.summary or "")))
-        findings = data.get("findings", [])
+        findings: list[Any] = _tables(data, "findings")
         for spec in args.finding or []:
             qid, _, rest = spec.partition("=")
             conclusion, _, text = rest.partition(":")
             findings.append({"question_id": qid, "conclusion": conclusion, "finding": text})
         for i, f in enumerate(findings):
-            if not isinstance(f, dict):
-                raise ValidationError(f"findings[{i}]: must be a table")
             name = str(f.get("conclusion", "")).lower()
             if name not in _CONCLUSIONS:
                 raise ValidationError(
@@ -460,7 +610,7 @@ def cmd_reply(args: argparse.Namespace) -> int:
                     conclusion=pb.Conclusion.Value(f"CONCLUSION_{name.upper()}"),
                 )
             )
-        follow = data.get("follow_ups", []) + [{"action": a} for a in args.follow_up or []]
+        follow = _tables(data, "follow_ups") + [{"action": a} for a in args.follow_up or []]
         for i, f in enumerate(follow):
             action = str(f.get("action", "")).lower()
             if action not in {a.value for a in requests.FollowUpAction}:
@@ -473,9 +623,12 @@ def cmd_reply(args: argparse.Namespace) -> int:
                     note=str(f.get("note", "")),
                 )
             )
-        for path in [*(e.get("path", "") for e in data.get("evidence", [])), *(args.attach or [])]:
-            p = Path(path)
-            msg.evidence.append(_pb_attachment(str(p if p.is_absolute() else base / p)))
+        reader = _file_reader(
+            base, limit=node.assistance.max_attachment_bytes, named=args.attach or ()
+        )
+        paths = [str(e.get("path", "")) for e in _tables(data, "evidence")]
+        for path in [*paths, *(args.attach or [])]:
+            msg.evidence.append(_pb_attachment(path, reader(path)))
         return _event(msg)
 
     return _act(args, ev)
@@ -572,12 +725,17 @@ def cmd_obligations(args: argparse.Namespace) -> int:
     node = _node(args)
     now = node.clock()
 
+    limit = _page_limit(args)
+
     def read(node: Any, conn: Connection) -> Any:
         if args.report or args.csv:
             return node.assistance.escalation(conn, now)
-        return node.assistance.obligations(conn, now)
+        return node.assistance.obligations(
+            conn, now, limit=limit + 1, after=_after_due(conn, args.after)
+        )
 
     data = _read(node, read)
+    hint = "" if args.report or args.csv else _page(data, limit)
     if args.csv:
         from node.assistance import Assistance
 
@@ -621,6 +779,8 @@ def cmd_obligations(args: argparse.Namespace) -> int:
             for o in data
         ],
     )
+    if hint:
+        print(hint)
     return 0
 
 
@@ -661,6 +821,7 @@ def register(sub: Any, add: Add) -> None:
     sp.add_argument("--owed", action="store_true", help="replies this node owes")
     sp.add_argument("--awaiting", action="store_true", help="replies this node is owed")
     sp.add_argument("--overdue", action="store_true")
+    _paging(sp, "obligations most urgent first; without a filter, all in creation order")
     sp = add(rq, "show", cmd_show, "one request with its history", config=True)
     sp.add_argument("id", help="request id (a unique prefix is enough)")
     for name, fn, help_ in (
@@ -735,6 +896,14 @@ def register(sub: Any, add: Add) -> None:
     sp.add_argument("--sweep", action="store_true", help="produce due reminders (idempotent)")
     sp.add_argument("--report", action="store_true", help="overdue escalation report per province")
     sp.add_argument("--csv", help="write the escalation report as CSV")
+    _paging(sp, "most urgent first")
+
+
+def _paging(sp: argparse.ArgumentParser, order: str) -> None:
+    sp.add_argument(
+        "--limit", type=int, default=PAGE, help=f"rows per page (default {PAGE}); {order}"
+    )
+    sp.add_argument("--after", metavar="ID", help="the next page: rows after this request id")
 
 
 __all__ = ["register"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, LargeBinary, TypeDecorator, UniqueConstraint
+from sqlalchemy import DateTime, Index, LargeBinary, TypeDecorator, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
@@ -145,6 +145,12 @@ class RequestRow(SQLModel, table=True):
     """
 
     __tablename__ = "requests"
+    #: Obligation lists page through one (status, role) range in due order (migration 0007);
+    #: ``request list`` pages through all requests in creation order.
+    __table_args__ = (
+        Index("ix_requests_open_due", "status", "role", "due_ends_at", "request_id"),
+        Index("ix_requests_created", "created_at", "request_id"),
+    )
 
     request_id: str = Field(primary_key=True, max_length=36)
     #: "requester" or "responder": which side this node is on

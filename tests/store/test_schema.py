@@ -44,7 +44,12 @@ TABLES = {
     "exchange_events",
     "expert_bookings",
 }
-HEAD = "0006"
+HEAD = "0007"
+#: Composite indexes the obligation queries and ``request list`` rely on (migration 0007).
+REQUEST_INDEXES = {
+    "ix_requests_open_due": ["status", "role", "due_ends_at", "request_id"],
+    "ix_requests_created": ["created_at", "request_id"],
+}
 
 
 def head_revision() -> str:
@@ -74,6 +79,24 @@ def test_migrate_empty_database_reaches_models(bare_engine: Engine) -> None:
     assert current_revision(bare_engine) == head_revision() == HEAD
     assert set(inspect(bare_engine).get_table_names()) == {*TABLES, "alembic_version"}
     assert schema_diff(bare_engine) == []
+
+
+def test_request_indexes_for_paged_obligation_queries(engine: Engine) -> None:
+    indexes = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("requests")}
+    for name, columns in REQUEST_INDEXES.items():
+        assert indexes.get(name) == columns, name
+
+
+def test_downgrade_0007_drops_only_its_indexes(engine: Engine) -> None:
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0006")
+    assert current_revision(engine) == "0006"
+    names = {i["name"] for i in inspect(engine).get_indexes("requests")}
+    assert not names & set(REQUEST_INDEXES)
+    assert "ix_requests_due_ends_at" in names
+    migrate(engine)
+    assert current_revision(engine) == HEAD
+    assert schema_diff(engine) == []
 
 
 def test_migrate_twice_is_a_noop(engine: Engine, now: datetime) -> None:
