@@ -456,19 +456,12 @@ class Recognition:
         origin = cp.origin
         origin_only = signed.to_bytes(cosignatures=False)
         if origin == self.code:
-            # Our own log coming back (a reconciliation answer): take the cosignatures on what
-            # we signed. A checkpoint of ours we never signed would be a stolen key: say so.
             mine = _checkpoint_at(conn, origin, cp.size)
-            if mine is None or bytes(mine.root) != cp.root:
-                verify_checkpoint(signed, self.node.trust.current, at=now)
-                log.error(
-                    "a checkpoint of our own log (size %d) that we did not sign came from %s",
-                    cp.size,
-                    source,
-                )
-                return {"origin": origin, "status": "refused", "reason": "NOT_OURS"}
-            self._take_cosignatures(conn, signed, now)
-            return {"origin": origin, "status": "own", "size": cp.size}
+            if mine is not None and bytes(mine.root) == cp.root:
+                # Our own log coming back (a reconciliation answer): take its cosignatures.
+                self._take_cosignatures(conn, signed, now)
+                return {"origin": origin, "status": "own", "size": cp.size}
+            return self._own_log_elsewhere(conn, signed, note, source, now)
         latest = _latest(conn, origin)
         my_size = 0 if latest is None else int(latest.size)
         my_root = EMPTY_ROOT if latest is None else bytes(latest.root)
@@ -488,6 +481,75 @@ class Recognition:
             if retry[1].outcome is Outcome.EQUIVOCATION:
                 decision = retry[1]
         return self._act(conn, decision, signed, note, source, my_size, my_root, now)
+
+    def _own_log_elsewhere(
+        self,
+        conn: Connection,
+        signed: SignedCheckpoint,
+        note: pb.CheckpointNote,
+        source: str,
+        now: datetime,
+    ) -> dict[str, Any]:
+        """A checkpoint of our own log that this store does not hold.
+
+        Signed by one of our listed keys and *beyond* our latest checkpoint, it is what we
+        published after the backup this store was restored from: the peers kept it. If the
+        note carries the missing entries from our size, they are verified against it like any
+        pulled entries and stored, so our log continues where it really stood and the next
+        publication cannot fork it. Without them, the line says ``behind`` and nothing is
+        stored. At or below our latest size with another root, it is a fork of our own log (a
+        stolen key, or a publication made after a restore before reconciling): refused and
+        logged at ERROR.
+        """
+        cp = signed.checkpoint
+        verify_checkpoint(signed, self.node.trust.current, at=now)  # our key, listed, valid
+        latest = _latest(conn, self.code)
+        my_size = 0 if latest is None else int(latest.size)
+        my_root = EMPTY_ROOT if latest is None else bytes(latest.root)
+        if cp.size <= my_size:
+            log.error(
+                "a checkpoint of our own log (size %d) with a root we did not sign came from %s",
+                cp.size,
+                source,
+            )
+            return {"origin": cp.origin, "status": "refused", "reason": "NOT_OURS"}
+        if note.old_size != my_size or len(note.entries) != cp.size - my_size:
+            log.warning(
+                "our own log is at %d but %s holds our checkpoint at %d (restored from a "
+                "backup?): reconcile with it to recover the entries before publishing",
+                my_size,
+                source,
+                cp.size,
+            )
+            return {"origin": cp.origin, "status": "own_behind", "size": cp.size}
+        entries = [bytes(e) for e in note.entries]
+        verified = verify_pulled(
+            entries,
+            frontier_of(conn, cp.origin, my_size),
+            my_root,
+            cp,
+            _proof_list(note.consistency_proof),
+        )
+        _store_entries(conn, cp.origin, my_size, entries, verified.leaf_hashes, verified.nodes, now)
+        conn.execute(
+            insert(CHECKPOINTS).values(
+                origin=cp.origin,
+                size=cp.size,
+                root=cp.root,
+                signed=signed.to_bytes(cosignatures=False),
+                stored_at=now,
+            )
+        )
+        self._take_cosignatures(conn, signed, now)
+        log.warning(
+            "recovered %d entries of our own log (%d to %d) from %s: this store was behind "
+            "what we had published (restored from a backup?)",
+            len(entries),
+            my_size,
+            cp.size,
+            source,
+        )
+        return {"origin": cp.origin, "status": "accepted", "pulled": len(entries), "size": cp.size}
 
     def _out_of_step(
         self,
@@ -1022,6 +1084,8 @@ class Recognition:
             return {"origin": origin, "status": "forked"}
         if status == "refused":
             return {"origin": origin, "status": "refused", "reason": result.get("reason", "")}
+        if status == "own_behind":  # our own log is behind what a peer holds of it; see log
+            return {"origin": origin, "status": "own_behind", "count": their_size - size_before}
         if their_size < size_before:
             return {"origin": origin, "status": "ahead", "count": size_before - their_size}
         pulled = int(result.get("pulled", 0))

@@ -189,9 +189,10 @@ def test_online_backup_then_restore_loses_nothing_held_at_backup_time(
 
     # --- more traffic after the backup -----------------------------------------------------
     later = publish(JS, 1)  # recognition: comes back by reconciliation
+    own_later = publish(SH, 1)  # Shanghai's own result: recovered from the peers' copies
     lost = new(JS, requesting_bureau="320500", target_bureau="310104")  # assistance: does not
     wait_until(lambda: status(SH, lost) == "delivered", 30, "late request delivered")
-    wait_until(recognized(SH, [later]), 60, "late result recognised on Shanghai")
+    wait_until(recognized(SH, [later, own_later]), 60, "late results recognised on Shanghai")
     lost_mid = next(
         r.message_id
         for r in fed.outbox_rows(JS)
@@ -228,19 +229,28 @@ def test_online_backup_then_restore_loses_nothing_held_at_backup_time(
     for code in (SH, JS):
         assert c.json(code, "log", "verify")["ok"] is True
 
-    # Reconciliation brings back what Jiangsu published after the backup.
+    # Reconciliation brings back what Jiangsu published after the backup, and what Shanghai
+    # itself published: Jiangsu witnessed it, so it holds Shanghai's signed checkpoint.
     rc, out, err = c.run(SH, "reconcile", "--json")
     assert rc == 0, err
     first = {line["origin"]: line["status"] for line in json.loads(out)[JS]}
-    assert first == {SH: "converged", JS: "behind"}, first
+    assert first == {SH: "behind", JS: "behind"}, first
     again = {line["origin"]: line["status"] for line in c.json(SH, "reconcile")[JS]}
     assert again == {SH: "converged", JS: "converged"}
     sizes = {
         code: {r["origin"]: r["size"] for r in c.json(code, "result", "checkpoint")}
         for code in (SH, JS)
     }
-    assert sizes[SH] == sizes[JS] == {SH: 1, JS: 2}
-    wait_until(recognized(SH, [*results, later]), 60, "every result recognised on Shanghai")
+    assert sizes[SH] == sizes[JS] == {SH: 2, JS: 2}
+    wait_until(
+        recognized(SH, [*results, later, own_later]), 60, "every result recognised on Shanghai"
+    )
+    # Publishing again continues Shanghai's log: no fork, no equivocation anywhere.
+    nxt = publish(SH, 2)
+    wait_until(recognized(JS, [nxt]), 60, "the next result recognised on Jiangsu")
+    for code in (SH, JS):
+        sizes_now = {r["origin"]: r["size"] for r in c.json(code, "result", "checkpoint")}
+        assert sizes_now[SH] == 3
 
     # Everything Shanghai held when the backup started is there, unchanged.
     after = snapshot(sh_url)

@@ -383,3 +383,79 @@ def test_entries_with_an_unchanged_checkpoint_from_our_size_are_refused(nodes: F
         write(ah, lambda c: ah.recognition.accept_note(c, note, source=JS, now=ah.clock()))
     assert e.value.reason == "ENTRY_MISMATCH"
     assert count(ah, ENTRIES) == 1
+
+
+def _restore_from(nodes: Four, code: str, backup: Path, fed_root: Path) -> Node:
+    """Close ``code``'s node, put ``backup`` in place of its store and open it again."""
+    old = nodes[code]
+    store = Path(str(old.engine.url.database))
+    old.close()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{store}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(backup, store)
+    nodes[code] = node_at(fed_root, code, store)
+    return nodes[code]
+
+
+def _backup(node: Node, out: Path) -> Path:
+    import sqlite3
+
+    src = sqlite3.connect(str(node.engine.url.database))
+    dst = sqlite3.connect(str(out))
+    with dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+    return out
+
+
+def test_restored_node_recovers_its_own_later_results_from_a_peer(
+    nodes: Four, fed_root: Path, tmp_path: Path
+) -> None:
+    """Results published after the backup come back, verified, from a peer that witnessed them;
+    the next publication continues the log instead of forking it."""
+    sh = nodes[SH]
+    first = publish(sh, 0)
+    assert deliver_all(*nodes.values()) == []
+    backup = _backup(sh, tmp_path / "sh-backup.db")
+    later = [publish(sh, 1), publish(sh, 2)]
+    assert deliver_all(*nodes.values()) == []
+    sh = _restore_from(nodes, SH, backup, fed_root)
+    assert read(sh, frontiers)[SH][0] == 1  # the store is back at the backup
+
+    lines = reconcile(sh, nodes[JS])
+
+    assert {(x["origin"], x["status"], x.get("pulled")) for x in lines if x["origin"] == SH} == {
+        (SH, "behind", 2)
+    }
+    assert read(sh, frontiers)[SH] == read(nodes[JS], frontiers)[SH]
+    assert {r["record_id"] for r in results(sh, origin=SH)} == {first, *later}
+    nxt = publish(sh, 3)  # continues at size 3: no fork
+    assert deliver_all(*nodes.values()) == []
+    for node in nodes.values():
+        assert count(node, EQUIVOCATIONS) == 0
+        assert read(node, frontiers)[SH][0] == 4
+        mine = {r["record_id"]: r["status"] for r in results(node, origin=SH)}
+        assert mine[nxt] == "recognized"
+
+
+def test_restored_node_that_publishes_before_reconciling_forks_and_is_caught(
+    nodes: Four, fed_root: Path, tmp_path: Path
+) -> None:
+    """The trap the runbook warns about: a result published at a size the peers already hold
+    with another root is a fork of our own log, refused as NOT_OURS here and equivocation
+    there."""
+    sh = nodes[SH]
+    publish(sh, 0)
+    assert deliver_all(*nodes.values()) == []
+    backup = _backup(sh, tmp_path / "sh-backup.db")
+    publish(sh, 1)
+    assert deliver_all(*nodes.values()) == []
+    sh = _restore_from(nodes, SH, backup, fed_root)
+    publish(sh, 7)  # size 2 again, another root
+    lines = reconcile(sh, nodes[JS])
+    assert [(x["status"], x.get("reason")) for x in lines if x["origin"] == SH] == [
+        ("refused", "NOT_OURS")
+    ]
+    deliver_all(*nodes.values())
+    assert count(nodes[JS], EQUIVOCATIONS) == 1
