@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from sqlalchemy.engine import Connection
 
+from cccfed.v1 import federation_pb2
 from federation.crypto import Signer
 from federation.envelope import Opened, Policy, VerifiedReceipt, kind_of, seal
 from federation.errors import ConfigError, FederationError, ValidationError
@@ -48,6 +49,14 @@ T = TypeVar("T")
 
 def system_clock() -> datetime:
     return datetime.now(UTC)
+
+
+def _check_ping(_conn: Connection, opened: Opened, _now: datetime) -> None:
+    """A Ping changes nothing, but its payload must be a Ping (else ``MALFORMED``)."""
+    try:
+        federation_pb2.Ping.FromString(opened.envelope.payload)
+    except DecodeError as e:
+        raise ValidationError(f"payload is not a cccfed.v1.Ping: {e}", reason="MALFORMED") from e
 
 
 @dataclass
@@ -107,6 +116,7 @@ class Node:
         self.reader = reader(self.engine)
         self.writer = Writer(self.engine)
         self.registry = Registry()
+        self.registry.register("federation", "cccfed.v1.Ping", _check_ping)
         self.peers = PeerPool(
             self_node=self.code,
             trust=self.trust,
@@ -194,6 +204,11 @@ class Node:
     ) -> bytes:
         tm = self.trust.current
         tm.member(recipient_node)
+        if sender_bureau and tm.node_for_bureau(sender_bureau) != self.code:
+            raise ValidationError(
+                f"bureau {sender_bureau} is not served by this node ({self.code})",
+                reason="SENDER_MISMATCH",
+            )
         if recipient_bureau and tm.node_for_bureau(recipient_bureau) != recipient_node:
             raise ValidationError(
                 f"bureau {recipient_bureau} is served by {tm.node_for_bureau(recipient_bureau)}, "

@@ -18,9 +18,10 @@ import grpc
 import pytest
 from sqlalchemy import select
 
-from cccfed.v1 import assistance_pb2, recognition_pb2
+from cccfed.v1 import assistance_pb2, federation_pb2, recognition_pb2
 from federation.checkpoint import make_checkpoint
 from federation.envelope import header_of, seal
+from federation.errors import ValidationError
 from federation.merkle import MemoryTree, leaf_hash
 from node.assistance import BULLETINS, REQUESTS
 from node.runtime import Node
@@ -425,7 +426,16 @@ def test_flood_of_malformed_calls_is_refused_and_the_node_keeps_serving(
     assert header_of(env).kind == "cccfed.v1.Ping"
 
 
-def test_ping_payload_is_not_parsed(cluster: Cluster, fed: Federation) -> None:
-    """Residual risk (PROTOCOL.md §15 item 1): a Ping's payload is stored without parsing."""
+def test_ping_payload_that_is_not_a_ping_is_malformed(cluster: Cluster, fed: Federation) -> None:
+    """A correctly signed Ping envelope whose payload does not parse as a Ping is refused."""
     env = signed_as(fed, JS, SH, b"\xff\xff not a Ping", "cccfed.v1.Ping")
+    cluster.refused(SH, env, C.INVALID_ARGUMENT, "MALFORMED")
+
+
+def test_node_does_not_seal_for_a_bureau_it_does_not_serve(cluster: Cluster) -> None:
+    """The sending side refuses to claim another node's bureau as sender (PROTOCOL.md §4.3)."""
+    with pytest.raises(ValidationError) as ei:
+        cluster[JS].seal(SH, federation_pb2.Ping(note="x"), sender_bureau="310115")
+    assert ei.value.reason == "SENDER_MISMATCH"
+    env = cluster[JS].seal(SH, federation_pb2.Ping(note="x"), sender_bureau="320500")
     assert cluster.call(SH, env).code is C.OK

@@ -459,3 +459,35 @@ def test_restored_node_that_publishes_before_reconciling_forks_and_is_caught(
     ]
     deliver_all(*nodes.values())
     assert count(nodes[JS], EQUIVOCATIONS) == 1
+
+
+def test_restored_node_refuses_altered_own_entries(
+    nodes: Four, fed_root: Path, tmp_path: Path
+) -> None:
+    """Our own entries coming back are verified against our signed checkpoint like any pulled
+    entries: one altered byte and nothing is stored."""
+    sh = nodes[SH]
+    publish(sh, 0)
+    assert deliver_all(*nodes.values()) == []
+    backup = _backup(sh, tmp_path / "sh-backup.db")
+    publish(sh, 1)
+    assert deliver_all(*nodes.values()) == []
+    sh = _restore_from(nodes, SH, backup, fed_root)
+    js = nodes[JS]
+    mine = read(sh, frontiers)
+    req = read(sh, sh.recognition.request).SerializeToString()
+    answer = pb.ReconcileResponse.FromString(read(js, lambda c: js.recognition.answer(c, req)))
+    (own,) = [
+        u
+        for u in answer.updates
+        if u.entries and SH in bytes(u.signed_checkpoint).decode("utf-8", "replace")
+    ]
+    data = bytearray(own.entries[0])
+    data[len(data) // 2] ^= 1
+    own.entries[0] = bytes(data)
+    before = count(sh, ENTRIES)
+    with pytest.raises(FederationError) as e:
+        write(sh, lambda c: sh.recognition.apply_answer(c, JS, answer.SerializeToString(), mine))
+    assert e.value.reason in {"ENTRY_MISMATCH", "ENTRY_MALFORMED"}
+    assert count(sh, ENTRIES) == before
+    assert read(sh, frontiers)[SH] == mine[SH]
