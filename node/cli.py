@@ -112,9 +112,12 @@ def cmd_node_serve(args: argparse.Namespace) -> int:
     from node.logs import configure_logging
     from node.runtime import serve
 
+    early: list[int] = []  # a stop asked for before the event loop runs: honoured once started
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: early.append(signum))
     cfg = load_config(_config_path(args))
     configure_logging(cfg)
-    asyncio.run(serve(cfg))
+    asyncio.run(serve(cfg, early_stop=lambda: bool(early)))
     return 0
 
 

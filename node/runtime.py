@@ -553,14 +553,26 @@ class Node:
         self.engine.dispose()
 
 
-async def serve(cfg: NodeConfig, *, ready: Callable[[Node], None] | None = None) -> None:
-    """Run a node until SIGTERM or SIGINT, then shut down gracefully."""
-    node = Node(cfg)
-    await node.start()
+async def serve(
+    cfg: NodeConfig,
+    *,
+    ready: Callable[[Node], None] | None = None,
+    early_stop: Callable[[], bool] | None = None,
+) -> None:
+    """Run a node until SIGTERM or SIGINT, then shut down gracefully.
+
+    The handlers are installed first: a signal during start-up lets the start finish and then
+    stops the node cleanly, instead of killing it half-started. ``early_stop`` says whether
+    such a signal already came before the event loop ran (``cccfed node serve`` catches them
+    from the moment it has read its configuration)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if early_stop is not None and early_stop():
+        stop.set()
+    node = Node(cfg)
+    await node.start()
     if ready:
         ready(node)
     await stop.wait()
