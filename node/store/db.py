@@ -15,6 +15,7 @@ without ever acknowledging before the data is durable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -144,6 +145,43 @@ def flush_log(conn: Connection) -> None:
 _STOP = object()
 
 
+def _start(fut: Any) -> bool:
+    """Mark a job's future as started; False if its caller already went away."""
+    if isinstance(fut, Future):
+        return bool(fut.set_running_or_notify_cancel())
+    return not fut.done()  # an asyncio future: read-only check from the writer thread
+
+
+def _finish(batch: list[tuple[Any, Any]], results: list[tuple[bool, Any]]) -> None:
+    """From the writer thread: hand each job's result to its caller. Thread futures are set
+    here; the asyncio futures of one loop are set together, in one callback on that loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, bool, Any]]] = {}
+    for (ok, value), (_, fut) in zip(results, batch, strict=True):
+        if isinstance(fut, Future):
+            if fut.done():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        else:
+            by_loop.setdefault(fut.get_loop(), []).append((fut, ok, value))
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle, settled)
+
+
+def _settle(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    """On the callers' event loop: deliver a batch's results (skipping cancelled callers)."""
+    for fut, ok, value in settled:
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
 class Writer:
     """One thread that runs write jobs in batches, committing each batch once.
 
@@ -163,12 +201,20 @@ class Writer:
         self._thread.start()
 
     def submit(self, fn: Callable[[Connection], T]) -> Future[T]:
+        """Queue a job from any thread; the returned future settles after its commit."""
         fut: Future[T] = Future()
         self._q.put((fn, fut))
         return fut
 
     async def run(self, fn: Callable[[Connection], T]) -> T:
-        return await asyncio.wrap_future(self.submit(fn))
+        """Queue a job from the event loop and wait for its commit.
+
+        Cheaper than :meth:`submit` + ``wrap_future`` (no thread lock per job): the writer
+        settles the asyncio futures of a whole batch in one callback on their loop.
+        """
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._q.put((fn, fut))
+        return await fut
 
     def close(self) -> None:
         self._q.put(_STOP)
@@ -194,9 +240,8 @@ class Writer:
                 self._run_batch(batch)
             except Exception:  # the writer must never die: every later commit depends on it
                 log.exception("store writer: unexpected error in a batch")
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(StoreError("store writer failed; see the node log"))
+                err = StoreError("store writer failed; see the node log")
+                _finish(batch, [(False, err)] * len(batch))
             if stop:
                 return
 
@@ -218,10 +263,11 @@ class Writer:
             log.exception("store writer: job failed")
             return False, e
 
-    def _run_batch(self, batch: list[tuple[Callable[[Connection], Any], Future[Any]]]) -> None:
-        # A job whose caller went away before it started (a cancelled RPC) is dropped; once a
-        # job runs, its future can no longer be cancelled, so its result is always deliverable.
-        batch = [(fn, fut) for fn, fut in batch if fut.set_running_or_notify_cancel()]
+    def _run_batch(self, batch: list[tuple[Callable[[Connection], Any], Any]]) -> None:
+        # A job whose caller went away before it started (a cancelled RPC) is dropped. Once a
+        # job runs it commits whatever happens to its caller; a result for a caller that went
+        # away meanwhile is discarded (see _settle).
+        batch = [(fn, fut) for fn, fut in batch if _start(fut)]
         if not batch:
             return
         self.jobs += len(batch)
@@ -240,8 +286,4 @@ class Writer:
                 results = None
         if results is None:
             results = [self._run_alone(fn) for fn, _ in batch]
-        for (ok, value), (_, fut) in zip(results, batch, strict=True):
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+        _finish(batch, results)
