@@ -539,3 +539,110 @@ def test_fuzzed_log_bundles_are_refused_with_a_reason(
         verify_bundle(path)
     except VerificationError as e:
         assert_clear(e)
+
+
+# --- DeliverBatch and Reconcile answers -------------------------------------------------------
+
+BATCH = "/cccfed.v1.FederationService/DeliverBatch"
+
+
+def _call_raw(caller: Caller, method: str, data: bytes) -> tuple[grpc.StatusCode, str, bytes]:
+    async def go() -> tuple[grpc.StatusCode, str, bytes]:
+        fn = caller.channel.unary_unary(
+            method, request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
+        try:
+            resp: bytes = await fn(data, timeout=CALL_TIMEOUT)
+        except grpc.aio.AioRpcError as e:
+            return e.code(), reason_from_metadata(e.trailing_metadata()), b""
+        return C.OK, "", resp
+
+    return caller.cluster.run(go())
+
+
+@STORED
+@given(data=st.data())
+def test_fuzzed_batches_get_a_reason_per_item_or_for_the_call_and_change_nothing(
+    data: st.DataObject, cluster: Cluster, caller: Caller, wire_envelopes: tuple[bytes, bytes]
+) -> None:
+    """Mutated DeliverBatch requests (over mTLS): the call is refused with a reason, or each item
+    gets a receipt or a refusal with a reason; nothing changes unless an item was accepted."""
+    base_env, donor = wire_envelopes
+    base = federation_pb2.DeliverBatchRequest(
+        items=[
+            federation_pb2.BatchItem(service="cccfed.v1.FederationService", envelope=base_env),
+            federation_pb2.BatchItem(service="cccfed.v1.RecognitionService", envelope=donor),
+        ]
+    ).SerializeToString()
+    raw = data.draw(hostile(base, (donor,)), label="batch")
+    engine = cluster[JS].engine
+    before = snapshot(engine)
+    code, reason, resp = _call_raw(caller, BATCH, raw)
+    assert code is not C.UNKNOWN, "an unexpected exception on the server"
+    if code is not C.OK:
+        assert REASON.fullmatch(reason), (code, reason)
+        after = snapshot(engine)
+        assert before.changed_tables(after) == [] and before.head == after.head
+        event(f"call {code.name} {reason}")
+        return
+    request = federation_pb2.DeliverBatchRequest.FromString(raw)
+    outcomes = federation_pb2.DeliverBatchResponse.FromString(resp).outcomes
+    assert len(outcomes) == len(request.items)
+    for o in outcomes:
+        if o.WhichOneof("outcome") == "error":
+            assert REASON.fullmatch(o.error.reason), o.error
+            event(f"item {o.error.reason}")
+        else:
+            assert o.WhichOneof("outcome") == "receipt"
+            event("item receipt")
+    quiesce(cluster)
+
+
+@pytest.fixture(scope="module")
+def reconcile_answer(cluster: Cluster) -> bytes:
+    """A real Reconcile answer from 320000 carrying its whole log (two published results)."""
+    from cccfed.v1 import recognition_pb2
+    from tests.unit.test_recognition_store import result_data
+
+    js = cluster[JS]
+    for n in (1, 2):
+        result = js.recognition.parse_new(result_data(JS, n))
+
+        def publish(c: Any, r: Any = result) -> dict[str, Any]:
+            return js.recognition.publish(c, r)
+
+        cluster.run(js.run_and_send(publish))
+    quiesce(cluster)
+
+    def answer() -> bytes:
+        with js.reader.connect() as conn:
+            return js.recognition.answer(
+                conn, recognition_pb2.ReconcileRequest().SerializeToString()
+            )
+
+    return answer()
+
+
+@STORED
+@given(data=st.data())
+def test_fuzzed_reconcile_answers_are_refused_with_a_reason_and_change_nothing(
+    data: st.DataObject, cluster: Cluster, reconcile_answer: bytes
+) -> None:
+    """A hostile peer's Reconcile answer, mutated: applying it either succeeds or raises a
+    FederationError with a reason, and a refusal leaves the caller's store as it was."""
+    from node.recognition import frontiers
+
+    sh = cluster[SH]
+    raw = data.draw(hostile(reconcile_answer), label="answer")
+    with sh.reader.connect() as conn:
+        mine = frontiers(conn)
+    before = snapshot(sh.engine)
+    try:
+        cluster.run(sh.writer.run(lambda c: sh.recognition.apply_answer(c, JS, raw, mine)))
+    except FederationError as e:
+        assert_clear(e)
+        after = snapshot(sh.engine)
+        assert before.changed_tables(after) == [] and before.head == after.head
+        return
+    event("applied")
+    quiesce(cluster)
