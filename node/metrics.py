@@ -422,7 +422,12 @@ class StateCollector:
         yield from families.values()
 
     def _logs(self, conn: Connection) -> Iterator[Metric]:
-        from node.recognition import CHECKPOINTS, COSIGNATURES, frozen_origins
+        from node.recognition import (
+            CHECKPOINTS,
+            COSIGNATURES,
+            STORED_COSIGNATURES,
+            frozen_origins,
+        )
 
         node = self.node
         members = sorted(node.trust.current.members)
@@ -466,16 +471,7 @@ class StateCollector:
                     continue
                 hit = conn.execute(
                     select(COSIGNATURES.c.size)
-                    .select_from(
-                        COSIGNATURES.join(
-                            CHECKPOINTS,
-                            and_(
-                                CHECKPOINTS.c.origin == COSIGNATURES.c.origin,
-                                CHECKPOINTS.c.size == COSIGNATURES.c.size,
-                                CHECKPOINTS.c.root == COSIGNATURES.c.root,
-                            ),
-                        )
-                    )
+                    .select_from(STORED_COSIGNATURES)
                     .where(COSIGNATURES.c.origin == origin, COSIGNATURES.c.witness == witness)
                     .order_by(COSIGNATURES.c.size.desc())
                     .limit(1)

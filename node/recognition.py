@@ -103,6 +103,17 @@ COSIGNATURES = LogCosignatureRow.__table__  # type: ignore[attr-defined]
 EQUIVOCATIONS = EquivocationRow.__table__  # type: ignore[attr-defined]
 CONFLICTS = ResultConflictRow.__table__  # type: ignore[attr-defined]
 
+#: Cosignatures on a checkpoint this node stored (same origin, size and root): only these count
+#: towards recognition.
+STORED_COSIGNATURES = COSIGNATURES.join(
+    CHECKPOINTS,
+    and_(
+        CHECKPOINTS.c.origin == COSIGNATURES.c.origin,
+        CHECKPOINTS.c.size == COSIGNATURES.c.size,
+        CHECKPOINTS.c.root == COSIGNATURES.c.root,
+    ),
+)
+
 SERVICE: Final = "recognition"
 NOTE_KIND: Final = "cccfed.v1.CheckpointNote"
 COSIGNATURE_KIND: Final = "cccfed.v1.CheckpointCosignature"
@@ -783,16 +794,7 @@ class Recognition:
         """Witnesses that cosigned a stored checkpoint of ``origin`` covering ``index``."""
         rows = conn.execute(
             select(COSIGNATURES.c.witness)
-            .select_from(
-                COSIGNATURES.join(
-                    CHECKPOINTS,
-                    and_(
-                        CHECKPOINTS.c.origin == COSIGNATURES.c.origin,
-                        CHECKPOINTS.c.size == COSIGNATURES.c.size,
-                        CHECKPOINTS.c.root == COSIGNATURES.c.root,
-                    ),
-                )
-            )
+            .select_from(STORED_COSIGNATURES)
             .where(COSIGNATURES.c.origin == origin, COSIGNATURES.c.size > index)
             .distinct()
         ).all()
