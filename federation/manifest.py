@@ -29,6 +29,16 @@ def node_uri(code: str) -> str:
     return NODE_URI_PREFIX + code
 
 
+def node_tls_name(code: str) -> str:
+    """The DNS name in every TLS certificate issued to member ``code`` and to no other member.
+
+    Clients verify the server's certificate against this name (not the endpoint's host), so a
+    connection that reaches another member's server fails in the TLS handshake, before any
+    envelope leaves (docs/PROTOCOL.md §3.1).
+    """
+    return f"{code}.node.cccfed"
+
+
 @dataclass(frozen=True)
 class KeyInfo:
     """A certificate listed in the manifest, resolved to its owner and public key."""
@@ -110,6 +120,22 @@ class TrustedManifest:
             )
         return info
 
+    def tls_name(self, code: str, at: datetime) -> str | None:
+        """:func:`node_tls_name` of ``code`` if every usable TLS certificate listed for it
+        carries that name (certificates issued before the name existed do not), else None."""
+        name = node_tls_name(code)
+        usable = [
+            k
+            for k in self.keys.values()
+            if k.member == code
+            and k.purpose == "tls"
+            and k.serial not in self.revoked
+            and k.not_before <= at < k.not_after
+        ]
+        if not usable or not all(name in _san_dns(k.cert) for k in usable):
+            return None
+        return name
+
     def signing_key(self, key_id: str, at: datetime) -> KeyInfo:
         """Resolve a signing key id; unknown, revoked and out-of-validity keys are refused."""
         info = self.keys.get(key_id)
@@ -159,6 +185,14 @@ class TrustedManifest:
             if info.member != code:
                 problems.append(f"{what} certificate in use belongs to {info.member}, not {code}")
         return problems
+
+
+def _san_dns(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return list(san.value.get_values_for_type(x509.DNSName))
 
 
 def _san_uris(cert: x509.Certificate) -> list[str]:

@@ -107,15 +107,21 @@ class PeerPool:
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
         self.clock = clock
-        self._channels: dict[str, tuple[grpc.aio.Channel, str, tuple[float, float]]] = {}
+        self._channels: dict[
+            str, tuple[grpc.aio.Channel, tuple[str, str | None], tuple[float, float]]
+        ] = {}
         self._closing: list[grpc.aio.Channel] = []
 
     def channel(self, peer: str) -> grpc.aio.Channel:
-        member = self.trust.current.member(peer)
+        tm = self.trust.current
+        member = tm.member(peer)
         endpoint = self.endpoints.get(peer, member.endpoint)
+        # Verify the server as *this member* (its certificates' member name), not as whoever
+        # answers at the endpoint's host; None for certificates issued before that name.
+        tls_name = tm.tls_name(peer, self.clock())
         ident = self.tls.refresh()
         cached = self._channels.get(peer)
-        if cached and cached[1] == endpoint and cached[2] == ident.stamp:
+        if cached and cached[1] == (endpoint, tls_name) and cached[2] == ident.stamp:
             return cached[0]
         if cached:
             # Let calls in flight finish on the old channel; new calls use the new identity.
@@ -125,10 +131,11 @@ class PeerPool:
             private_key=ident.key_pem,
             certificate_chain=ident.cert_pem,
         )
-        ch = grpc.aio.secure_channel(
-            endpoint, creds, options=channel_options(self.max_message_bytes)
-        )
-        self._channels[peer] = (ch, endpoint, ident.stamp)
+        options = channel_options(self.max_message_bytes)
+        if tls_name is not None:
+            options.append(("grpc.ssl_target_name_override", tls_name))
+        ch = grpc.aio.secure_channel(endpoint, creds, options=options)
+        self._channels[peer] = (ch, (endpoint, tls_name), ident.stamp)
         return ch
 
     async def close(self) -> None:

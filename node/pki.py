@@ -32,7 +32,7 @@ from cccfed.v1 import manifest_pb2
 from federation import divisions
 from federation.crypto import CTX_MANIFEST, fingerprint, serial_hex
 from federation.errors import ConfigError, ValidationError
-from federation.manifest import MANIFEST_VERSION, node_uri
+from federation.manifest import MANIFEST_VERSION, node_tls_name, node_uri
 
 DEFAULT_NODES = ("310000", "320000", "330000", "340000")
 FEDERATION_ID = "yrd-ccc-exemption"
@@ -162,6 +162,7 @@ def issue_cert(
     if purpose == "tls":
         names: list[x509.GeneralName] = [
             x509.UniformResourceIdentifier(node_uri(code)),
+            x509.DNSName(node_tls_name(code)),
             x509.DNSName("localhost"),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         ]

@@ -113,3 +113,30 @@ def test_revoked_tls_certificate_is_refused_after_manifest_reload(
         # A fresh, valid envelope; only the transport identity is revoked.
         env = ping_envelope(fed.signer(JS), JS, SH)
         c.refused(SH, env, C.UNAUTHENTICATED, "REVOKED_PEER", client=JS)
+
+
+def test_client_verifies_the_server_as_the_member_it_calls(
+    new_federation: Callable[..., Federation], runner: LoopRunner
+) -> None:
+    """A sender whose endpoint for 330000 leads to 310000's server (a wrong or hijacked
+    endpoint) fails in the TLS handshake: the envelope never reaches 310000 at all."""
+    from datetime import UTC, datetime
+
+    from federation.manifest import node_tls_name
+    from node.status import RemoteError
+
+    fed = new_federation((SH, JS, ZJ))
+    with Cluster(fed, runner, [SH, JS]) as c:
+        js, sh = c[JS], c[SH]
+        assert js.trust.current.tls_name(ZJ, datetime.now(UTC)) == node_tls_name(ZJ)
+        # The control: the right server for the right member works through the pinned name.
+        receipt = c.run(js.peers.deliver(SH, "federation", ping_envelope(fed.signer(JS), JS, SH)))
+        assert receipt
+        before, refused = rows(sh.engine), dict(sh.rejections)
+        js.peers.endpoints[ZJ] = fed.endpoint(SH)  # 330000's traffic now reaches 310000
+        env = ping_envelope(fed.signer(JS), JS, ZJ, note="for Zhejiang only")
+        with pytest.raises(RemoteError) as e:
+            c.run(js.peers.deliver(ZJ, "federation", env))
+        assert e.value.code is C.UNAVAILABLE  # the handshake failed: no call was made
+        assert rows(sh.engine) == before
+        assert sh.rejections == refused  # 310000 never saw the envelope (no WRONG_RECIPIENT)
