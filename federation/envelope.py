@@ -260,8 +260,15 @@ def verify_receipt(
     *,
     expected_receiver: str,
     at: datetime,
+    max_skew: timedelta | None = None,
 ) -> VerifiedReceipt:
-    """Check that a receipt is signed by ``expected_receiver`` and covers exactly our envelope."""
+    """Check that a receipt is signed by ``expected_receiver`` and covers exactly our envelope.
+
+    With ``max_skew`` (a sender checking a receipt it has just been given, ``at`` = now), the
+    receiver's ``received_at`` must also be plausible: not before the envelope's ``created_at``
+    and not after ``at``, each with that tolerance (``RECEIPT_TIME``). The reply period runs
+    from ``received_at`` on both sides, so a receipt dated ahead would lengthen it silently.
+    """
     receipt = envelope_pb2.Receipt()
     _parse(receipt, receipt_bytes, "receipt")
     body = envelope_pb2.ReceiptBody()
@@ -296,6 +303,21 @@ def verify_receipt(
         )
     if body.status != envelope_pb2.RECEIPT_STATUS_ACCEPTED:
         raise VerificationError(f"receipt status {body.status} is not ACCEPTED", reason="MALFORMED")
+    if max_skew is not None:
+        received = body.received_at.ToDatetime(tzinfo=UTC)
+        try:
+            created = header.created_at.ToDatetime(tzinfo=UTC)
+        except (ValueError, OverflowError) as e:
+            raise VerificationError(
+                "created_at is not a valid timestamp", reason="MALFORMED"
+            ) from e
+        if received < created - max_skew or received > at + max_skew:
+            raise VerificationError(
+                f"receipt says received at {received.isoformat()}, implausible for a message "
+                f"created at {created.isoformat()} and answered by {at.isoformat()} "
+                f"(tolerance {max_skew.total_seconds():.0f} s)",
+                reason="RECEIPT_TIME",
+            )
     return VerifiedReceipt(receipt_bytes=receipt_bytes, body=body)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -98,10 +98,13 @@ class PeerPool:
         max_message_bytes: int,
         clock: Callable[[], datetime],
         endpoints: dict[str, str] | None = None,
+        max_skew: timedelta | None = None,
     ) -> None:
         self.self_node = self_node
         #: Local endpoint overrides (config ``[peers]``); the manifest's endpoint otherwise.
         self.endpoints = dict(endpoints or {})
+        #: Tolerance for a receipt's ``received_at`` (see ``verify_receipt``); None: unchecked.
+        self.max_skew = max_skew
         self.trust = trust
         self.tls = tls
         self.timeout = timeout
@@ -206,7 +209,12 @@ class PeerPool:
     async def deliver_verified(self, peer: str, service: str, envelope: bytes) -> VerifiedReceipt:
         receipt = await self.deliver(peer, service, envelope)
         return verify_receipt(
-            receipt, envelope, self.trust.current, expected_receiver=peer, at=self.clock()
+            receipt,
+            envelope,
+            self.trust.current,
+            expected_receiver=peer,
+            at=self.clock(),
+            max_skew=self.max_skew,
         )
 
     async def ping(self, peer: str, envelope: bytes) -> PingResult:

@@ -214,6 +214,7 @@ class DeliveryWorker:
                         node.trust.current,
                         expected_receiver=peer,
                         at=node.clock(),
+                        max_skew=node.policy.max_clock_skew,
                     )
                 except FederationError as e:
                     jobs.append(self._refused(c, e))

@@ -125,6 +125,7 @@ class Node:
             max_message_bytes=cfg.limits.max_message_bytes,
             clock=clock,
             endpoints=cfg.peer_endpoints,
+            max_skew=self.policy.max_clock_skew,
         )
         self.bound_port = 0
         self.outbox_wakeup = asyncio.Event()

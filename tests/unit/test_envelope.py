@@ -777,3 +777,52 @@ def test_single_byte_mutation_fails_or_means_the_same(
     assert opened.envelope.header == original.header
     assert opened.envelope.payload == original.payload
     assert opened.envelope.signature == original.signature
+
+
+SKEW = timedelta(minutes=5)
+
+
+@pytest.mark.parametrize(
+    ("received", "at", "ok"),
+    [
+        (timedelta(seconds=2), timedelta(seconds=3), True),
+        (-SKEW, timedelta(seconds=3), True),  # receiver's clock behind, within the tolerance
+        (timedelta(minutes=4), timedelta(seconds=3), True),  # ahead, within the tolerance
+        (-SKEW - timedelta(seconds=1), timedelta(seconds=3), False),  # before it was created
+        (timedelta(days=10), timedelta(seconds=3), False),  # dated ahead: a longer reply period
+        (timedelta(days=10), timedelta(days=20), True),  # an original receipt, resent later
+    ],
+    ids=[
+        "normal",
+        "behind-in-tolerance",
+        "ahead-in-tolerance",
+        "before-created",
+        "postdated",
+        "redelivered-later",
+    ],
+)
+def test_receipt_received_at_must_be_plausible(
+    opened: Opened,
+    env: bytes,
+    js: Signer,
+    trusted_manifest: TrustedManifest,
+    now: datetime,
+    received: timedelta,
+    at: timedelta,
+    ok: bool,
+) -> None:
+    receipt = make_receipt(js, opened, receiver_node=JS, received_at=now + received)
+    check_at = now + at
+    if ok:
+        vr = verify_receipt(
+            receipt, env, trusted_manifest, expected_receiver=JS, at=check_at, max_skew=SKEW
+        )
+        assert vr.received_at == now + received
+        return
+    with pytest.raises(VerificationError) as e:
+        verify_receipt(
+            receipt, env, trusted_manifest, expected_receiver=JS, at=check_at, max_skew=SKEW
+        )
+    assert reason_of(e) == "RECEIPT_TIME"
+    # Without a tolerance (offline re-verification of old records) it is not judged.
+    verify_receipt(receipt, env, trusted_manifest, expected_receiver=JS, at=check_at)
