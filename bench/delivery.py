@@ -12,7 +12,10 @@ Run with ``make bench`` (or ``python bench/delivery.py``). In one run on one mac
    then commits the receipt too; the latency to that commit is reported beside the others
    (``receipt_stored_*``). A crash before it loses nothing: the resend gets the same receipt.
 
-It prints throughput and p50/p99 latency of both and the ratio of throughputs.
+3. **cccfed, one call per message**: the same as 2 with ``[delivery] batch = false``, so that
+   the effect of ``DeliverBatch`` is measured in the same run.
+
+It prints throughput, p50/p99 latency and CPU time per message of each, and the ratios.
 """
 
 from __future__ import annotations
@@ -267,64 +270,88 @@ def main() -> None:
         str(args.size),
     )
     srv_cpu0 = cpu_seconds(srv.pid)
-    out, err = cl.communicate()
+    out, _err = cl.communicate()
     srv_cpu = cpu_seconds(srv.pid) - srv_cpu0
     srv.terminate()
     srv.wait()
     base = json.loads(out)
     base["server_cpu_ms_per_msg"] = round(srv_cpu * 1000 / max(1, base["messages"]), 3)
 
-    # 2. cccfed: receiver node process + sender node process driving a closed loop
-    recv = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "node.cli",
-            "node",
-            "serve",
-            "--config",
-            str(root / "nodes" / "320000" / "node.toml"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    # 2. cccfed: receiver node process + sender node process driving a closed loop;
+    # 3. the same with one call per message ([delivery] batch = false), for comparison.
+    def cccfed_phase(sender_config: Path) -> dict[str, Any]:
+        recv = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "node.cli",
+                "node",
+                "serve",
+                "--config",
+                str(root / "nodes" / "320000" / "node.toml"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.5)
+        snd = child(
+            "--role",
+            "sender",
+            "--dir",
+            str(sender_config),
+            "-c",
+            str(args.concurrency),
+            "--seconds",
+            str(args.seconds),
+        )
+        recv_cpu0 = cpu_seconds(recv.pid)
+        out, err = snd.communicate()
+        recv_cpu = cpu_seconds(recv.pid) - recv_cpu0
+        recv.terminate()
+        recv.wait()
+        if snd.returncode != 0:
+            print(err, file=sys.stderr)
+            raise SystemExit(1)
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        # Includes the sender's warm-up (c messages): a slight overestimate.
+        result["server_cpu_ms_per_msg"] = round(recv_cpu * 1000 / max(1, result["messages"]), 3)
+        return result
+
+    sender_config = root / "nodes" / "310000" / "node.toml"
+    fed = cccfed_phase(sender_config)
+    unary_config = sender_config.with_name("node-unary.toml")
+    unary_config.write_text(
+        sender_config.read_text().replace(
+            "poll_seconds = 0.5\n", "poll_seconds = 0.5\nbatch = false\n"
+        )
     )
-    time.sleep(1.5)
-    snd = child(
-        "--role",
-        "sender",
-        "--dir",
-        str(root / "nodes" / "310000" / "node.toml"),
-        "-c",
-        str(args.concurrency),
-        "--seconds",
-        str(args.seconds),
-    )
-    recv_cpu0 = cpu_seconds(recv.pid)
-    out, err = snd.communicate()
-    recv_cpu = cpu_seconds(recv.pid) - recv_cpu0
-    recv.terminate()
-    recv.wait()
-    if snd.returncode != 0:
-        print(err, file=sys.stderr)
-        raise SystemExit(1)
-    fed = json.loads(out.strip().splitlines()[-1])
-    # Includes the sender's warm-up (c messages): a slight overestimate.
-    fed["server_cpu_ms_per_msg"] = round(recv_cpu * 1000 / max(1, fed["messages"]), 3)
+    unary = cccfed_phase(unary_config)
 
     head = ("msgs/s", "p50 ms", "p99 ms", "n", "cpu ms/msg client+server")
     print(f"{'':30}" + "".join(f"{h:>10}" for h in head[:4]) + f"  {head[4]}")
-    for label, r in (("bare grpc.aio mTLS echo", base), ("cccfed signed+stored+receipt", fed)):
+    rows = (
+        ("bare grpc.aio mTLS echo", base),
+        ("cccfed signed+stored+receipt", fed),
+        ("  one call per message", unary),
+    )
+    for label, r in rows:
         cols = (r["per_second"], r["p50_ms"], r["p99_ms"], r["messages"])
         cpu = f"{r['client_cpu_ms_per_msg']:.3f} + {r['server_cpu_ms_per_msg']:.3f}"
         print(f"{label:30}" + "".join(f"{c:>10}" for c in cols) + f"  {cpu}")
     ratio = fed["per_second"] / base["per_second"]
     print(f"throughput ratio cccfed / echo = {ratio:.2f}  (goal >= 0.5)")
     print(
+        f"  (one call per message: {unary['per_second'] / base['per_second']:.2f}; "
+        f"DeliverBatch calls made {fed['sender_calls']}, unary calls {unary['sender_calls']})"
+    )
+    print(
         json.dumps(
             {
                 "baseline": base,
                 "cccfed": fed,
+                "cccfed_one_call_per_message": unary,
                 "ratio": round(ratio, 3),
+                "ratio_one_call_per_message": round(unary["per_second"] / base["per_second"], 3),
                 "concurrency": args.concurrency,
             }
         )

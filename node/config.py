@@ -43,6 +43,8 @@ class Delivery:
     concurrency: int = 32
     #: Idle poll interval of the worker when nothing is due.
     poll_seconds: float = 0.5
+    #: Send several messages to a peer in one DeliverBatch call (False: one call per message).
+    batch: bool = True
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ _KNOWN = {
         "lease_seconds",
         "concurrency",
         "poll_seconds",
+        "batch",
     },
 }
 
@@ -218,6 +221,7 @@ def load_config(path: Path | str) -> NodeConfig:
         lease_seconds=_get(dl, "delivery", "lease_seconds", float, path, dd.lease_seconds),
         concurrency=_get(dl, "delivery", "concurrency", int, path, dd.concurrency),
         poll_seconds=_get(dl, "delivery", "poll_seconds", float, path, dd.poll_seconds),
+        batch=_get(dl, "delivery", "batch", bool, path, dd.batch),
     )
     for key in (
         "retry_initial_seconds",

@@ -83,6 +83,7 @@ class DeliveryWorker:
         self.pending = 0
         self.lanes: dict[str, _Lane] = {}
         self.delivered = 0
+        #: RPCs made (a DeliverBatch call counts once).
         self.calls = 0
         self.stopping = False
         self.running = False
@@ -139,7 +140,9 @@ class DeliveryWorker:
         waits for free slots."""
         touched: dict[str, _Lane] = {}
         for c in rows:
-            lane = self.lanes.setdefault(c.recipient_node, _Lane())
+            lane = self.lanes.get(c.recipient_node)
+            if lane is None:
+                lane = self.lanes[c.recipient_node] = _Lane(batch=self.node.cfg.delivery.batch)
             lane.queue.append(c)
             self.pending += 1
             touched[c.recipient_node] = lane
@@ -176,8 +179,8 @@ class DeliveryWorker:
     async def _send(self, peer: str, lane: _Lane, batch: list[Claimed]) -> list[bytes | Exception]:
         """One call (or one per message for a peer without DeliverBatch); outcome per item."""
         peers = self.node.peers
-        self.calls += 1
         if lane.batch:
+            self.calls += 1
             try:
                 return list(
                     await peers.deliver_batch(peer, [(c.service, c.envelope) for c in batch])
@@ -196,6 +199,7 @@ class DeliveryWorker:
             except FederationError as e:
                 return e
 
+        self.calls += len(batch)
         return list(await asyncio.gather(*(alone(c) for c in batch)))
 
     async def _deliver(self, peer: str, lane: _Lane, batch: list[Claimed]) -> None:

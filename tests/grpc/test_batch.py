@@ -292,3 +292,37 @@ def test_worker_falls_back_to_one_call_per_message_for_a_peer_without_batch(
     assert inbox == 10
     assert batching is False
     assert states == {"delivered": 10}
+
+
+def test_batch_off_sends_one_call_per_message(
+    new_federation: Callable[..., Federation], runner: LoopRunner
+) -> None:
+    """``[delivery] batch = false``: the same messages, one Ping call each."""
+    fed = new_federation((SH, JS))
+
+    async def scenario() -> tuple[int, int, dict[str, int]]:
+        receiver = Node(fed.config(SH))
+        await receiver.start()
+        base = fed.config(JS)
+        sender = Node(
+            dataclasses.replace(base, delivery=dataclasses.replace(base.delivery, batch=False))
+        )
+        await sender.start()
+        try:
+            await asyncio.gather(
+                *(
+                    sender.enqueue(SH, "federation", federation_pb2.Ping(note=f"u{i}"))
+                    for i in range(12)
+                )
+            )
+            deadline = time.monotonic() + 30
+            while sender.worker.delivered < 12:
+                assert time.monotonic() < deadline, "not delivered one by one"
+                await asyncio.sleep(0.05)
+            return sender.worker.calls, rows(receiver.engine)[0], _outbox_states(sender)
+        finally:
+            await sender.stop(grace=0)
+            await receiver.stop(grace=0)
+
+    calls, inbox, states = runner.run(scenario())
+    assert calls == 12 and inbox == 12 and states == {"delivered": 12}

@@ -280,6 +280,12 @@ ERROR_CASES = [
         "[peers] 310000",
         "CONFIG_RANGE",
     ),
+    case(
+        "delivery-batch-not-bool",
+        BASE + "\n[delivery]\nbatch = 1\n",
+        "[delivery] batch",
+        "CONFIG_TYPE",
+    ),
     case("peers-not-text", BASE + "\n[peers]\n310000 = 5\n", "[peers] 310000", "CONFIG_TYPE"),
     case(
         "peers-self", BASE + '\n[peers]\n320000 = "127.0.0.1:9"\n', "[peers] 320000", "CONFIG_RANGE"
