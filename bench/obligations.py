@@ -164,22 +164,26 @@ class Filler:
         return m.SerializeToString(deterministic=True)
 
     @staticmethod
-    def accepted_bytes(request_id: str, a: Accept) -> bytes:
+    def accepted_bytes(request_id: str, a: Accept, due_date: str) -> bytes:
         msg = requests.event_to_message(
             request_id,
             requests.Accepted(
                 assigned_bureau=a.bureau, assignee=requests.Contact(name=a.name, phone=a.phone)
             ),
         )
-        msg.index = 0  # type: ignore[attr-defined]  # the responder's first event
-        msg.seen = 1  # type: ignore[attr-defined]  # it had seen the request
+        assert isinstance(msg, pb.RequestAccepted)
+        msg.due_date = due_date  # the responder's count, as Assistance.act states it
+        msg.index = 0  # the responder's first event
+        msg.seen = 1  # it had seen the request
         return msg.SerializeToString(deterministic=True)
 
-    def records(self, s: Spec, request: bytes) -> list[EventRecord]:
+    def records(self, s: Spec, request: bytes, due_date: str = "") -> list[EventRecord]:
+        """The stored events; ``due_date`` only fills the acceptance's informational field,
+        which the fold ignores."""
         out = [EventRecord("requester", 0, 0, REQUEST_KIND, s.message_id, request, s.sent_at)]
         if s.accept is not None:
             a = s.accept
-            payload = self.accepted_bytes(s.request_id, a)
+            payload = self.accepted_bytes(s.request_id, a, due_date)
             out.append(EventRecord("responder", 0, 1, ACCEPTED_KIND, a.message_id, payload, a.at))
         return out
 
@@ -255,7 +259,7 @@ class Filler:
                 "created_at": r.created_at,
                 "void": False,
             }
-            for r in self.records(s, request)
+            for r in self.records(s, request, state.due.due_date.isoformat() if state.due else "")
         ]
         return row, events
 

@@ -398,6 +398,9 @@ class Assistance:
         msg = requests.event_to_message(request_id, event)
         msg.index = idx  # type: ignore[attr-defined]
         msg.seen = seen  # type: ignore[attr-defined]
+        if isinstance(msg, pb.RequestAccepted) and before.state.due is not None:
+            # Our count of the due date, for the requester to compare with its own (§9.5).
+            msg.due_date = before.state.due.due_date.isoformat()
         bureau = before.row.requesting_bureau if role == "responder" else before.row.target_bureau
         mid, _ = node.enqueue_in(
             conn,
@@ -548,6 +551,28 @@ class Assistance:
             )
         if isinstance(event, requests.Declined) and row.role == "requester":
             self._maybe_link(conn, after, now)
+        if isinstance(msg, pb.RequestAccepted) and msg.due_date and row.role == "requester":
+            self._compare_due_date(after, msg.due_date, sender, opened.message_id)
+
+    def _compare_due_date(self, v: RequestView, theirs: str, peer: str, message_id: str) -> None:
+        """Report (not refuse) a responder whose count of the due date differs from ours: the
+        two nodes' holiday calendars differ, and each side would hold the other to another
+        date. Nothing in the request changes; the operators settle the calendars."""
+        due = v.state.due
+        ours = due.due_date.isoformat() if due is not None else ""
+        if not ours or ours == theirs:
+            return
+        self.node.metrics.due_date_mismatch(peer)
+        log.error(
+            "request %s: %s counts the reply due on %s, this node counts %s%s; the holiday "
+            "calendars differ: compare `cccfed calendar show YEAR` on both nodes",
+            v.row.request_id,
+            peer,
+            theirs,
+            ours,
+            " (provisional here)" if due is not None and due.provisional else "",
+            extra={"message_id": message_id, "peer": peer, "reason": "DUE_DATE_MISMATCH"},
+        )
 
     def _maybe_link(self, conn: Connection, v: RequestView, now: dt.datetime) -> None:
         """Declined for wrong jurisdiction, naming the right bureau: draft the linked request."""

@@ -120,6 +120,13 @@ class NodeMetrics:
             ["peer", "reason", "class"],
             registry=self.registry,
         )
+        self._due_mismatch = Counter(
+            "cccfed_due_date_mismatches",
+            "Requests a member accepted while counting another reply due date than this node: "
+            "the two nodes' holiday calendars differ (compare cccfed calendar show YEAR).",
+            ["peer"],
+            registry=self.registry,
+        )
         self._rejections = Counter(
             "cccfed_rejections",
             "Calls and envelopes this node refused, per machine-readable reason (e.g. "
@@ -143,6 +150,10 @@ class NodeMetrics:
         """A verified receipt from ``peer`` was stored for a message we queued ``seconds`` ago."""
         self._receipts.labels(peer=peer, kind=kind).inc()
         self._latency.labels(peer=peer).observe(max(0.0, seconds))
+
+    def due_date_mismatch(self, peer: str) -> None:
+        """``peer`` accepted a request counting another due date than ours (calendars differ)."""
+        self._due_mismatch.labels(peer=peer).inc()
 
     def send_failed(self, peer: str, reason: str, transient: bool) -> None:
         """A delivery attempt to ``peer`` failed for ``reason`` (retried if ``transient``)."""

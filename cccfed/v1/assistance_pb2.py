@@ -25,23 +25,23 @@ _sym_db = _symbol_database.Default()
 from cccfed.v1 import envelope_pb2 as cccfed_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x63\x63\x66\x65\x64/v1/assistance.proto\x12\tcccfed.v1\x1a\x18\x63\x63\x63\x66\x65\x64/v1/envelope.proto\"5\n\x07\x43ontact\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05phone\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\"$\n\x06Holder\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04uscc\x18\x02 \x01(\t\"I\n\x07Product\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x04\x12\x0f\n\x07hs_code\x18\x04 \x01(\t\"]\n\nAttachment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\x0c\"$\n\x08Question\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xe1\x03\n\x07Request\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.cccfed.v1.RequestKind\x12\x19\n\x11requesting_bureau\x18\x03 \x01(\t\x12-\n\x11requester_contact\x18\x04 \x01(\x0b\x32\x12.cccfed.v1.Contact\x12\x15\n\rtarget_bureau\x18\x05 \x01(\t\x12!\n\x06holder\x18\x06 \x01(\x0b\x32\x11.cccfed.v1.Holder\x12\x17\n\x0f\x63\x65rtificate_nos\x18\x07 \x03(\t\x12$\n\x08products\x18\x08 \x03(\x0b\x32\x12.cccfed.v1.Product\x12$\n\x08use_type\x18\t \x01(\x0e\x32\x12.cccfed.v1.UseType\x12\x14\n\x0cplace_of_use\x18\n \x01(\t\x12&\n\tquestions\x18\x0b \x03(\x0b\x32\x13.cccfed.v1.Question\x12*\n\x0b\x61ttachments\x18\x0c \x03(\x0b\x32\x15.cccfed.v1.Attachment\x12\x1a\n\x12requested_reply_by\x18\r \x01(\t\x12\x19\n\x11linked_request_id\x18\x0e \x01(\t\x12\x12\n\nbackground\x18\x0f \x01(\t\"\x81\x01\n\x0fRequestAccepted\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61ssigned_bureau\x18\x02 \x01(\t\x12$\n\x08\x61ssignee\x18\x03 \x01(\x0b\x32\x12.cccfed.v1.Contact\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"\x9b\x01\n\x0fRequestDeclined\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\x0breason_code\x18\x02 \x01(\x0e\x32\x18.cccfed.v1.DeclineReason\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x18\n\x10suggested_bureau\x18\x04 \x01(\t\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"S\n\x10RequestWithdrawn\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"{\n\x0eProgressReport\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12*\n\x0b\x61ttachments\x18\x03 \x03(\x0b\x32\x15.cccfed.v1.Attachment\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"\x95\x01\n\x12\x45xtensionRequested\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x19\n\x0f\x61\x64\x64itional_days\x18\x02 \x01(\rH\x00\x12\x16\n\x0cnew_due_date\x18\x03 \x01(\tH\x00\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\rB\x0b\n\textension\"z\n\x10\x45xtensionDecided\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07granted\x18\x02 \x01(\x08\x12\x14\n\x0cnew_due_date\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"Z\n\x07\x46inding\x12\x13\n\x0bquestion_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66inding\x18\x02 \x01(\t\x12)\n\nconclusion\x18\x03 \x01(\x0e\x32\x15.cccfed.v1.Conclusion\"C\n\x08\x46ollowUp\x12)\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x19.cccfed.v1.FollowUpAction\x12\x0c\n\x04note\x18\x02 \x01(\t\"\xc1\x01\n\x05Reply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x08\x66indings\x18\x02 \x03(\x0b\x32\x12.cccfed.v1.Finding\x12\'\n\x08\x65vidence\x18\x03 \x03(\x0b\x32\x15.cccfed.v1.Attachment\x12\'\n\nfollow_ups\x18\x04 \x03(\x0b\x32\x13.cccfed.v1.FollowUp\x12\x0f\n\x07summary\x18\x05 \x01(\t\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"N\n\rRequestClosed\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"h\n\x08\x42ulletin\x12\x13\n\x0b\x62ulletin_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\x12*\n\x0b\x61ttachments\x18\x04 \x03(\x0b\x32\x15.cccfed.v1.Attachment\"#\n\x0c\x42ulletinRead\x12\x13\n\x0b\x62ulletin_id\x18\x01 \x01(\t*~\n\x0bRequestKind\x12\x1c\n\x18REQUEST_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17REQUEST_KIND_ASSISTANCE\x10\x01\x12\x1d\n\x19REQUEST_KIND_VERIFICATION\x10\x02\x12\x15\n\x11REQUEST_KIND_LEAD\x10\x03*\xb9\x01\n\x07UseType\x12\x18\n\x14USE_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19USE_TYPE_RESEARCH_TESTING\x10\x01\x12\x13\n\x0fUSE_TYPE_REPAIR\x10\x02\x12\x1c\n\x18USE_TYPE_PRODUCTION_LINE\x10\x03\x12\x1f\n\x1bUSE_TYPE_COMMERCIAL_DISPLAY\x10\x04\x12!\n\x1dUSE_TYPE_WHOLE_MACHINE_EXPORT\x10\x05*\xbe\x01\n\rDeclineReason\x12\x1e\n\x1a\x44\x45\x43LINE_REASON_UNSPECIFIED\x10\x00\x12%\n!DECLINE_REASON_WRONG_JURISDICTION\x10\x01\x12\x1f\n\x1b\x44\x45\x43LINE_REASON_OUT_OF_SCOPE\x10\x02\x12+\n\'DECLINE_REASON_INSUFFICIENT_INFORMATION\x10\x03\x12\x18\n\x14\x44\x45\x43LINE_REASON_OTHER\x10\x04*\xa1\x01\n\nConclusion\x12\x1a\n\x16\x43ONCLUSION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ONCLUSION_CONFIRMED\x10\x01\x12\x1c\n\x18\x43ONCLUSION_NOT_CONFIRMED\x10\x02\x12\"\n\x1e\x43ONCLUSION_PARTIALLY_CONFIRMED\x10\x03\x12\x1b\n\x17\x43ONCLUSION_UNDETERMINED\x10\x04*\x95\x01\n\x0e\x46ollowUpAction\x12 \n\x1c\x46OLLOW_UP_ACTION_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46OLLOW_UP_ACTION_NONE\x10\x01\x12\"\n\x1e\x46OLLOW_UP_ACTION_RECTIFICATION\x10\x02\x12\"\n\x1e\x46OLLOW_UP_ACTION_INVESTIGATION\x10\x03\x32G\n\x11\x41ssistanceService\x12\x32\n\x07\x44\x65liver\x12\x13.cccfed.v1.Envelope\x1a\x12.cccfed.v1.Receiptb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x63\x63\x66\x65\x64/v1/assistance.proto\x12\tcccfed.v1\x1a\x18\x63\x63\x63\x66\x65\x64/v1/envelope.proto\"5\n\x07\x43ontact\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05phone\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\"$\n\x06Holder\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04uscc\x18\x02 \x01(\t\"I\n\x07Product\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x04\x12\x0f\n\x07hs_code\x18\x04 \x01(\t\"]\n\nAttachment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\x0c\"$\n\x08Question\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xe1\x03\n\x07Request\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.cccfed.v1.RequestKind\x12\x19\n\x11requesting_bureau\x18\x03 \x01(\t\x12-\n\x11requester_contact\x18\x04 \x01(\x0b\x32\x12.cccfed.v1.Contact\x12\x15\n\rtarget_bureau\x18\x05 \x01(\t\x12!\n\x06holder\x18\x06 \x01(\x0b\x32\x11.cccfed.v1.Holder\x12\x17\n\x0f\x63\x65rtificate_nos\x18\x07 \x03(\t\x12$\n\x08products\x18\x08 \x03(\x0b\x32\x12.cccfed.v1.Product\x12$\n\x08use_type\x18\t \x01(\x0e\x32\x12.cccfed.v1.UseType\x12\x14\n\x0cplace_of_use\x18\n \x01(\t\x12&\n\tquestions\x18\x0b \x03(\x0b\x32\x13.cccfed.v1.Question\x12*\n\x0b\x61ttachments\x18\x0c \x03(\x0b\x32\x15.cccfed.v1.Attachment\x12\x1a\n\x12requested_reply_by\x18\r \x01(\t\x12\x19\n\x11linked_request_id\x18\x0e \x01(\t\x12\x12\n\nbackground\x18\x0f \x01(\t\"\x93\x01\n\x0fRequestAccepted\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61ssigned_bureau\x18\x02 \x01(\t\x12$\n\x08\x61ssignee\x18\x03 \x01(\x0b\x32\x12.cccfed.v1.Contact\x12\x10\n\x08\x64ue_date\x18\x04 \x01(\t\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"\x9b\x01\n\x0fRequestDeclined\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\x0breason_code\x18\x02 \x01(\x0e\x32\x18.cccfed.v1.DeclineReason\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x18\n\x10suggested_bureau\x18\x04 \x01(\t\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"S\n\x10RequestWithdrawn\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"{\n\x0eProgressReport\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12*\n\x0b\x61ttachments\x18\x03 \x03(\x0b\x32\x15.cccfed.v1.Attachment\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"\x95\x01\n\x12\x45xtensionRequested\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x19\n\x0f\x61\x64\x64itional_days\x18\x02 \x01(\rH\x00\x12\x16\n\x0cnew_due_date\x18\x03 \x01(\tH\x00\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\rB\x0b\n\textension\"z\n\x10\x45xtensionDecided\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07granted\x18\x02 \x01(\x08\x12\x14\n\x0cnew_due_date\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"Z\n\x07\x46inding\x12\x13\n\x0bquestion_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66inding\x18\x02 \x01(\t\x12)\n\nconclusion\x18\x03 \x01(\x0e\x32\x15.cccfed.v1.Conclusion\"C\n\x08\x46ollowUp\x12)\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x19.cccfed.v1.FollowUpAction\x12\x0c\n\x04note\x18\x02 \x01(\t\"\xc1\x01\n\x05Reply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x08\x66indings\x18\x02 \x03(\x0b\x32\x12.cccfed.v1.Finding\x12\'\n\x08\x65vidence\x18\x03 \x03(\x0b\x32\x15.cccfed.v1.Attachment\x12\'\n\nfollow_ups\x18\x04 \x03(\x0b\x32\x13.cccfed.v1.FollowUp\x12\x0f\n\x07summary\x18\x05 \x01(\t\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"N\n\rRequestClosed\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t\x12\r\n\x05index\x18\x64 \x01(\r\x12\x0c\n\x04seen\x18\x65 \x01(\r\"h\n\x08\x42ulletin\x12\x13\n\x0b\x62ulletin_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\x12*\n\x0b\x61ttachments\x18\x04 \x03(\x0b\x32\x15.cccfed.v1.Attachment\"#\n\x0c\x42ulletinRead\x12\x13\n\x0b\x62ulletin_id\x18\x01 \x01(\t*~\n\x0bRequestKind\x12\x1c\n\x18REQUEST_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17REQUEST_KIND_ASSISTANCE\x10\x01\x12\x1d\n\x19REQUEST_KIND_VERIFICATION\x10\x02\x12\x15\n\x11REQUEST_KIND_LEAD\x10\x03*\xb9\x01\n\x07UseType\x12\x18\n\x14USE_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19USE_TYPE_RESEARCH_TESTING\x10\x01\x12\x13\n\x0fUSE_TYPE_REPAIR\x10\x02\x12\x1c\n\x18USE_TYPE_PRODUCTION_LINE\x10\x03\x12\x1f\n\x1bUSE_TYPE_COMMERCIAL_DISPLAY\x10\x04\x12!\n\x1dUSE_TYPE_WHOLE_MACHINE_EXPORT\x10\x05*\xbe\x01\n\rDeclineReason\x12\x1e\n\x1a\x44\x45\x43LINE_REASON_UNSPECIFIED\x10\x00\x12%\n!DECLINE_REASON_WRONG_JURISDICTION\x10\x01\x12\x1f\n\x1b\x44\x45\x43LINE_REASON_OUT_OF_SCOPE\x10\x02\x12+\n\'DECLINE_REASON_INSUFFICIENT_INFORMATION\x10\x03\x12\x18\n\x14\x44\x45\x43LINE_REASON_OTHER\x10\x04*\xa1\x01\n\nConclusion\x12\x1a\n\x16\x43ONCLUSION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ONCLUSION_CONFIRMED\x10\x01\x12\x1c\n\x18\x43ONCLUSION_NOT_CONFIRMED\x10\x02\x12\"\n\x1e\x43ONCLUSION_PARTIALLY_CONFIRMED\x10\x03\x12\x1b\n\x17\x43ONCLUSION_UNDETERMINED\x10\x04*\x95\x01\n\x0e\x46ollowUpAction\x12 \n\x1c\x46OLLOW_UP_ACTION_UNSPECIFIED\x10\x00\x12\x19\n\x15\x46OLLOW_UP_ACTION_NONE\x10\x01\x12\"\n\x1e\x46OLLOW_UP_ACTION_RECTIFICATION\x10\x02\x12\"\n\x1e\x46OLLOW_UP_ACTION_INVESTIGATION\x10\x03\x32G\n\x11\x41ssistanceService\x12\x32\n\x07\x44\x65liver\x12\x13.cccfed.v1.Envelope\x1a\x12.cccfed.v1.Receiptb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cccfed.v1.assistance_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REQUESTKIND']._serialized_start=2208
-  _globals['_REQUESTKIND']._serialized_end=2334
-  _globals['_USETYPE']._serialized_start=2337
-  _globals['_USETYPE']._serialized_end=2522
-  _globals['_DECLINEREASON']._serialized_start=2525
-  _globals['_DECLINEREASON']._serialized_end=2715
-  _globals['_CONCLUSION']._serialized_start=2718
-  _globals['_CONCLUSION']._serialized_end=2879
-  _globals['_FOLLOWUPACTION']._serialized_start=2882
-  _globals['_FOLLOWUPACTION']._serialized_end=3031
+  _globals['_REQUESTKIND']._serialized_start=2226
+  _globals['_REQUESTKIND']._serialized_end=2352
+  _globals['_USETYPE']._serialized_start=2355
+  _globals['_USETYPE']._serialized_end=2540
+  _globals['_DECLINEREASON']._serialized_start=2543
+  _globals['_DECLINEREASON']._serialized_end=2733
+  _globals['_CONCLUSION']._serialized_start=2736
+  _globals['_CONCLUSION']._serialized_end=2897
+  _globals['_FOLLOWUPACTION']._serialized_start=2900
+  _globals['_FOLLOWUPACTION']._serialized_end=3049
   _globals['_CONTACT']._serialized_start=67
   _globals['_CONTACT']._serialized_end=120
   _globals['_HOLDER']._serialized_start=122
@@ -55,29 +55,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REQUEST']._serialized_start=369
   _globals['_REQUEST']._serialized_end=850
   _globals['_REQUESTACCEPTED']._serialized_start=853
-  _globals['_REQUESTACCEPTED']._serialized_end=982
-  _globals['_REQUESTDECLINED']._serialized_start=985
-  _globals['_REQUESTDECLINED']._serialized_end=1140
-  _globals['_REQUESTWITHDRAWN']._serialized_start=1142
-  _globals['_REQUESTWITHDRAWN']._serialized_end=1225
-  _globals['_PROGRESSREPORT']._serialized_start=1227
-  _globals['_PROGRESSREPORT']._serialized_end=1350
-  _globals['_EXTENSIONREQUESTED']._serialized_start=1353
-  _globals['_EXTENSIONREQUESTED']._serialized_end=1502
-  _globals['_EXTENSIONDECIDED']._serialized_start=1504
-  _globals['_EXTENSIONDECIDED']._serialized_end=1626
-  _globals['_FINDING']._serialized_start=1628
-  _globals['_FINDING']._serialized_end=1718
-  _globals['_FOLLOWUP']._serialized_start=1720
-  _globals['_FOLLOWUP']._serialized_end=1787
-  _globals['_REPLY']._serialized_start=1790
-  _globals['_REPLY']._serialized_end=1983
-  _globals['_REQUESTCLOSED']._serialized_start=1985
-  _globals['_REQUESTCLOSED']._serialized_end=2063
-  _globals['_BULLETIN']._serialized_start=2065
-  _globals['_BULLETIN']._serialized_end=2169
-  _globals['_BULLETINREAD']._serialized_start=2171
-  _globals['_BULLETINREAD']._serialized_end=2206
-  _globals['_ASSISTANCESERVICE']._serialized_start=3033
-  _globals['_ASSISTANCESERVICE']._serialized_end=3104
+  _globals['_REQUESTACCEPTED']._serialized_end=1000
+  _globals['_REQUESTDECLINED']._serialized_start=1003
+  _globals['_REQUESTDECLINED']._serialized_end=1158
+  _globals['_REQUESTWITHDRAWN']._serialized_start=1160
+  _globals['_REQUESTWITHDRAWN']._serialized_end=1243
+  _globals['_PROGRESSREPORT']._serialized_start=1245
+  _globals['_PROGRESSREPORT']._serialized_end=1368
+  _globals['_EXTENSIONREQUESTED']._serialized_start=1371
+  _globals['_EXTENSIONREQUESTED']._serialized_end=1520
+  _globals['_EXTENSIONDECIDED']._serialized_start=1522
+  _globals['_EXTENSIONDECIDED']._serialized_end=1644
+  _globals['_FINDING']._serialized_start=1646
+  _globals['_FINDING']._serialized_end=1736
+  _globals['_FOLLOWUP']._serialized_start=1738
+  _globals['_FOLLOWUP']._serialized_end=1805
+  _globals['_REPLY']._serialized_start=1808
+  _globals['_REPLY']._serialized_end=2001
+  _globals['_REQUESTCLOSED']._serialized_start=2003
+  _globals['_REQUESTCLOSED']._serialized_end=2081
+  _globals['_BULLETIN']._serialized_start=2083
+  _globals['_BULLETIN']._serialized_end=2187
+  _globals['_BULLETINREAD']._serialized_start=2189
+  _globals['_BULLETINREAD']._serialized_end=2224
+  _globals['_ASSISTANCESERVICE']._serialized_start=3051
+  _globals['_ASSISTANCESERVICE']._serialized_end=3122
 # @@protoc_insertion_point(module_scope)

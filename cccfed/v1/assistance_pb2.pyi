@@ -461,12 +461,19 @@ class RequestAccepted(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ASSIGNED_BUREAU_FIELD_NUMBER: _builtins.int
     ASSIGNEE_FIELD_NUMBER: _builtins.int
+    DUE_DATE_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
     SEEN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request concerned."""
     assigned_bureau: _builtins.str
     """Division code of the bureau that will investigate (under the target's provincial node)."""
+    due_date: _builtins.str
+    """The reply due date as the responder counts it when accepting (YYYY-MM-DD, Asia/Shanghai);
+    empty if not stated. Informational, not part of the request's state: the requester compares
+    it with its own count and reports a difference, which means the two nodes' holiday
+    calendars differ (docs/PROTOCOL.md §9.5).
+    """
     index: _builtins.int
     """Place of this event in its author's stream of events for this request (the Request itself
     is the requester's event 0; the responder's first event is its event 0).
@@ -485,12 +492,13 @@ class RequestAccepted(_message.Message):
         request_id: _builtins.str = ...,
         assigned_bureau: _builtins.str = ...,
         assignee: Global___Contact | None = ...,
+        due_date: _builtins.str = ...,
         index: _builtins.int = ...,
         seen: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["assignee", b"assignee"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_bureau", b"assigned_bureau", "assignee", b"assignee", "index", b"index", "request_id", b"request_id", "seen", b"seen"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_bureau", b"assigned_bureau", "assignee", b"assignee", "due_date", b"due_date", "index", b"index", "request_id", b"request_id", "seen", b"seen"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

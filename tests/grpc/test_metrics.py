@@ -218,6 +218,7 @@ def test_every_family_is_served_with_help_and_documented(cluster: Cluster) -> No
         "cccfed_receipts_stored",
         "cccfed_delivery_latency_seconds",
         "cccfed_send_failures",
+        "cccfed_due_date_mismatches",
         "cccfed_rejections",
     }
     assert ours == expected

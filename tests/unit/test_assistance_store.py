@@ -360,3 +360,43 @@ def test_reminders_follow_a_due_date_moved_by_an_extension(
     assert view(sh, rid).state.due == due
     fed.clock.set(shanghai(dt.date(2026, 3, 25)))  # two days before the new due date
     assert [(p["reminder"], p["due_date"]) for p in sweep(js)] == [("due-in-3d", "2026-03-27")]
+
+
+@pytest.mark.parametrize("calendars", ["differ", "agree"])
+def test_acceptance_states_the_responders_due_date_and_a_difference_is_reported(
+    federation: Callable[..., Nodes], caplog: pytest.LogCaptureFixture, calendars: str
+) -> None:
+    """The responder says in its acceptance which due date it counts. The requester compares it
+    with its own and reports a difference (the holiday calendars differ); nothing else changes."""
+    received = dt.date(2027, 1, 22)  # due 8 Feb by weekends only, 14 Feb by the 2027 schedule
+    fed = federation([SH, JS], shanghai(received))
+    sh, js = fed[SH], fed[JS]
+    import_schedule(sh.engine, HOLIDAYS_2027.read_bytes(), HOLIDAYS_2027.name, fed.clock())
+    if calendars == "agree":
+        import_schedule(js.engine, HOLIDAYS_2027.read_bytes(), HOLIDAYS_2027.name, fed.clock())
+    rid = new_request(sh)
+    assert deliver_all(sh, js) == []
+    act(js, rid, accept())
+    caplog.clear()
+    with caplog.at_level("ERROR", logger="node.assistance"):
+        assert deliver_all(sh, js) == []
+    stated = read(
+        js,
+        lambda c: [
+            r for r in js.assistance._records(c, rid) if r.kind == "cccfed.v1.RequestAccepted"
+        ],
+    )
+    assert len(stated) == 1
+    mismatches = [r for r in caplog.records if getattr(r, "reason", "") == "DUE_DATE_MISMATCH"]
+    counted = sh.metrics.registry.get_sample_value("cccfed_due_date_mismatches_total", {"peer": JS})
+    if calendars == "differ":
+        assert view(js, rid).state.due.due_date == dt.date(2027, 2, 8)  # type: ignore[union-attr]
+        assert view(sh, rid).state.due.due_date == dt.date(2027, 2, 14)  # type: ignore[union-attr]
+        assert len(mismatches) == 1
+        assert "2027-02-08" in mismatches[0].getMessage()
+        assert "2027-02-14" in mismatches[0].getMessage()
+        assert counted == 1
+    else:
+        assert mismatches == [] and not counted
+    # Either way the request itself is the same on both sides: accepted.
+    assert view(sh, rid).state.status == view(js, rid).state.status
