@@ -299,6 +299,38 @@ def _store_entries(
         _flag_conflicts(conn, key, now)
 
 
+def _store_pulled(
+    conn: Connection,
+    signed: SignedCheckpoint,
+    note: pb.CheckpointNote,
+    my_size: int,
+    my_root: bytes,
+    now: datetime,
+) -> int:
+    """Verify the note's entries from ``my_size`` against its signed checkpoint, then store the
+    entries, their subtree hashes and the checkpoint; returns how many entries were stored."""
+    cp = signed.checkpoint
+    entries = [bytes(e) for e in note.entries]
+    verified = verify_pulled(
+        entries,
+        frontier_of(conn, cp.origin, my_size),
+        my_root,
+        cp,
+        _proof_list(note.consistency_proof),
+    )
+    _store_entries(conn, cp.origin, my_size, entries, verified.leaf_hashes, verified.nodes, now)
+    conn.execute(
+        insert(CHECKPOINTS).values(
+            origin=cp.origin,
+            size=cp.size,
+            root=cp.root,
+            signed=signed.to_bytes(cosignatures=False),
+            stored_at=now,
+        )
+    )
+    return len(entries)
+
+
 def _signed_with_cosignatures(conn: Connection, row: Any) -> bytes:
     """A stored checkpoint with every cosignature held for its exact root."""
     signed = parse_checkpoint(bytes(row.signed))
@@ -533,34 +565,17 @@ class Recognition:
                 cp.size,
             )
             return {"origin": cp.origin, "status": "own_behind", "size": cp.size}
-        entries = [bytes(e) for e in note.entries]
-        verified = verify_pulled(
-            entries,
-            frontier_of(conn, cp.origin, my_size),
-            my_root,
-            cp,
-            _proof_list(note.consistency_proof),
-        )
-        _store_entries(conn, cp.origin, my_size, entries, verified.leaf_hashes, verified.nodes, now)
-        conn.execute(
-            insert(CHECKPOINTS).values(
-                origin=cp.origin,
-                size=cp.size,
-                root=cp.root,
-                signed=signed.to_bytes(cosignatures=False),
-                stored_at=now,
-            )
-        )
+        pulled = _store_pulled(conn, signed, note, my_size, my_root, now)
         self._take_cosignatures(conn, signed, now)
         log.warning(
             "recovered %d entries of our own log (%d to %d) from %s: this store was behind "
             "what we had published (restored from a backup?)",
-            len(entries),
+            pulled,
             my_size,
             cp.size,
             source,
         )
-        return {"origin": cp.origin, "status": "accepted", "pulled": len(entries), "size": cp.size}
+        return {"origin": cp.origin, "status": "accepted", "pulled": pulled, "size": cp.size}
 
     def _out_of_step(
         self,
@@ -623,27 +638,7 @@ class Recognition:
             return {"origin": origin, "status": "forked", "reason": "EQUIVOCATION"}
         pulled = 0
         if decision.outcome is Outcome.ACCEPTED:
-            entries = [bytes(e) for e in note.entries]
-            verified = verify_pulled(
-                entries,
-                frontier_of(conn, origin, my_size),
-                my_root,
-                cp,
-                _proof_list(note.consistency_proof),
-            )
-            _store_entries(
-                conn, origin, my_size, entries, verified.leaf_hashes, verified.nodes, now
-            )
-            conn.execute(
-                insert(CHECKPOINTS).values(
-                    origin=origin,
-                    size=cp.size,
-                    root=cp.root,
-                    signed=signed.to_bytes(cosignatures=False),
-                    stored_at=now,
-                )
-            )
-            pulled = len(entries)
+            pulled = _store_pulled(conn, signed, note, my_size, my_root, now)
         elif note.entries and note.old_size < my_size:
             # A stale answer: the same entries came by a note while the answer was on its way.
             # The checkpoint is the one we hold, so there is nothing left to take from it.

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from cccfed.v1.assistance_pb2 import RequestAccepted
 from federation.holidays import HolidayCalendar, parse_schedule
 from federation.periods import TZ, day_period
 from node import pki
@@ -387,6 +388,9 @@ def test_acceptance_states_the_responders_due_date_and_a_difference_is_reported(
         ],
     )
     assert len(stated) == 1
+    # The acceptance carries the responder's own count (stored as the exact bytes sent).
+    accepted = RequestAccepted.FromString(stated[0].payload)
+    assert accepted.due_date == view(js, rid).state.due.due_date.isoformat()  # type: ignore[union-attr]
     mismatches = [r for r in caplog.records if getattr(r, "reason", "") == "DUE_DATE_MISMATCH"]
     counted = sh.metrics.registry.get_sample_value("cccfed_due_date_mismatches_total", {"peer": JS})
     if calendars == "differ":
