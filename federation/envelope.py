@@ -8,6 +8,7 @@ Every refusal is a :class:`VerificationError` with one of the reasons listed in
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from cccfed.v1 import envelope_pb2
 from federation.crypto import CTX_ENVELOPE, CTX_RECEIPT, Signer, sha256, verify
 from federation.errors import VerificationError
 from federation.manifest import TrustedManifest
+from federation.timestamps import set_datetime, to_datetime
 
 PROTOCOL_VERSION = 1
 
@@ -56,7 +58,7 @@ class Opened:
 
     @property
     def created_at(self) -> datetime:
-        return self.header.created_at.ToDatetime(tzinfo=UTC)
+        return to_datetime(self.header.created_at)
 
     def parse(self, message: Message) -> None:
         """Parse the payload into ``message`` (whose full name must equal the header kind)."""
@@ -108,7 +110,7 @@ def seal(
         signing_key_id=signer.key_id,
         payload_sha256=sha256(payload_bytes),
     )
-    header.created_at.FromDatetime(now.astimezone(UTC))
+    set_datetime(header.created_at, now.astimezone(UTC))
     header_bytes = header.SerializeToString(deterministic=True)
     env = envelope_pb2.Envelope(
         header=header_bytes,
@@ -125,11 +127,12 @@ def _parse(message: Message, data: bytes, what: str) -> None:
         raise VerificationError(f"{what} is malformed", reason="MALFORMED") from e
 
 
+#: The canonical text form of a UUID, exactly as ``str(uuid.UUID(...))`` writes it.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _valid_uuid(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
+    return _CANONICAL_UUID.fullmatch(value) is not None
 
 
 def open_envelope(
@@ -200,7 +203,7 @@ def open_envelope(
         )
     # 8. Freshness: the sender's clock may lead ours by the skew; age is bounded by policy.
     try:
-        created = header.created_at.ToDatetime(tzinfo=UTC)
+        created = to_datetime(header.created_at)
     except (ValueError, OverflowError) as e:
         raise VerificationError("created_at is not a valid timestamp", reason="MALFORMED") from e
     if created > now + policy.max_clock_skew:
@@ -236,7 +239,7 @@ def make_receipt(
         signing_key_id=signer.key_id,
         status=envelope_pb2.RECEIPT_STATUS_ACCEPTED,
     )
-    body.received_at.FromDatetime(received_at.astimezone(UTC))
+    set_datetime(body.received_at, received_at.astimezone(UTC))
     body_bytes = body.SerializeToString(deterministic=True)
     return envelope_pb2.Receipt(
         body=body_bytes, signature=signer.sign(CTX_RECEIPT, body_bytes)
@@ -247,10 +250,12 @@ def make_receipt(
 class VerifiedReceipt:
     receipt_bytes: bytes
     body: envelope_pb2.ReceiptBody
+    #: When the envelope it covers was sealed (its signed ``created_at``).
+    created_at: datetime | None = None
 
     @property
     def received_at(self) -> datetime:
-        return self.body.received_at.ToDatetime(tzinfo=UTC)
+        return to_datetime(self.body.received_at)
 
 
 def verify_receipt(
@@ -286,7 +291,7 @@ def verify_receipt(
         )
     verify(key.public_key, receipt.signature, CTX_RECEIPT, receipt.body, what="receipt signature")
     try:
-        body.received_at.ToDatetime(tzinfo=UTC)
+        to_datetime(body.received_at)
     except (ValueError, OverflowError) as e:
         raise VerificationError("received_at is not a valid timestamp", reason="MALFORMED") from e
     env = envelope_pb2.Envelope()
@@ -303,14 +308,14 @@ def verify_receipt(
         )
     if body.status != envelope_pb2.RECEIPT_STATUS_ACCEPTED:
         raise VerificationError(f"receipt status {body.status} is not ACCEPTED", reason="MALFORMED")
+    try:
+        created: datetime | None = to_datetime(header.created_at)
+    except (ValueError, OverflowError):
+        created = None
     if max_skew is not None:
-        received = body.received_at.ToDatetime(tzinfo=UTC)
-        try:
-            created = header.created_at.ToDatetime(tzinfo=UTC)
-        except (ValueError, OverflowError) as e:
-            raise VerificationError(
-                "created_at is not a valid timestamp", reason="MALFORMED"
-            ) from e
+        if created is None:
+            raise VerificationError("created_at is not a valid timestamp", reason="MALFORMED")
+        received = to_datetime(body.received_at)
         if received < created - max_skew or received > at + max_skew:
             raise VerificationError(
                 f"receipt says received at {received.isoformat()}, implausible for a message "
@@ -318,7 +323,7 @@ def verify_receipt(
                 f"(tolerance {max_skew.total_seconds():.0f} s)",
                 reason="RECEIPT_TIME",
             )
-    return VerifiedReceipt(receipt_bytes=receipt_bytes, body=body)
+    return VerifiedReceipt(receipt_bytes=receipt_bytes, body=body, created_at=created)
 
 
 def header_of(envelope_bytes: bytes) -> envelope_pb2.Header:

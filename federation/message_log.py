@@ -20,6 +20,7 @@ from cccfed.v1 import envelope_pb2, log_pb2, manifest_pb2
 from federation.crypto import CTX_ENVELOPE, CTX_RECEIPT, ec_public_key, sha256, verify
 from federation.errors import VerificationError
 from federation.manifest import KeyInfo, load_manifest
+from federation.timestamps import set_datetime
 
 CTX_LOG = b"cccfed.v1.log\x00"
 GENESIS = bytes(32)
@@ -65,7 +66,7 @@ def make_record(
         peer_node=peer_node,
         data=data,
     )
-    rec.recorded_at.FromDatetime(recorded_at.astimezone(UTC))
+    set_datetime(rec.recorded_at, recorded_at.astimezone(UTC))
     raw = rec.SerializeToString(deterministic=True)
     return raw, record_hash(raw)
 

@@ -26,7 +26,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import grpc
@@ -36,7 +36,6 @@ from tenacity import RetryCallState, wait_random_exponential
 from federation.envelope import VerifiedReceipt, verify_receipt
 from federation.errors import FederationError, VerificationError
 from node.faults import failpoint
-from node.metrics import seconds_since_queued
 from node.status import RemoteError, is_transient
 from node.store.ops import (
     Claimed,
@@ -209,6 +208,7 @@ class DeliveryWorker:
         outcomes = await self._send(peer, lane, batch)
         jobs: list[Callable[[Connection], bool]] = []
         done: list[tuple[int, Claimed]] = []  # (index of its record job, row)
+        created_at: dict[int, datetime] = {}  # record job index -> the message's created_at
         for c, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, bytes):
                 try:
@@ -225,6 +225,8 @@ class DeliveryWorker:
                     continue
                 for cb in node.receipt_callbacks:
                     cb(c.message_id)
+                if vr.created_at is not None:
+                    created_at[len(jobs)] = vr.created_at
                 done.append((len(jobs), c))
                 jobs.append(self._record(c, vr))
             elif isinstance(outcome, FederationError):
@@ -235,7 +237,7 @@ class DeliveryWorker:
             failpoint("after_send")
         # One writer job per message (a failure stays with its message); the writer commits
         # them together.
-        results = await asyncio.gather(*(node.writer.run(j) for j in jobs), return_exceptions=True)
+        results = await node.writer.run_many(jobs)
         for r in results:
             if isinstance(r, BaseException):
                 log.error("storing a delivery outcome for %s failed: %s", peer, r)
@@ -245,7 +247,9 @@ class DeliveryWorker:
                 continue  # not stored: the row stays claimed and is sent again after its lease
             self.delivered += 1
             if results[i] is True:  # the first verified receipt for this row
-                node.metrics.delivered(peer, c.kind, seconds_since_queued(c.envelope, now))
+                sent = created_at.get(i)
+                waited = (now - sent).total_seconds() if sent is not None else 0.0
+                node.metrics.delivered(peer, c.kind, waited)
             for cb in node.delivered_callbacks:
                 cb(c.message_id)
 

@@ -24,9 +24,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from sqlalchemy.engine import Connection
 
 from cccfed.v1 import federation_pb2
-from federation.envelope import open_envelope
+from federation.envelope import Opened, open_envelope
 from federation.errors import ConfigError, FederationError
 from node.client import server_options
 from node.faults import failpoint
@@ -150,6 +151,46 @@ class Refused(FederationError):
         self.message_id = message_id
 
 
+def _open(node: Node, service: str, raw: bytes, peer: str) -> Opened:
+    return open_envelope(
+        raw,
+        node.trust.current,
+        self_node=node.code,
+        peer_node=peer,
+        now=node.clock(),
+        policy=node.policy,
+        allowed_kinds=node.kinds_for(service),
+    )
+
+
+def _inbox_job(node: Node, opened: Opened) -> Callable[[Connection], bytes]:
+    apply = node.handler_for(opened.kind)
+
+    def job(s: Connection) -> bytes:
+        return inbox_accept(
+            s, opened, signer=node.signer, self_node=node.code, now=node.clock(), apply=apply
+        )
+
+    return job
+
+
+async def _refused(node: Node, e: FederationError, raw: bytes, peer: str, message_id: str) -> bytes:
+    """A refusal: the original receipt for an exact redelivery refused only for its timing,
+    else count and log it and raise :class:`Refused`."""
+    if e.reason in TIME_BOUND_REASONS:
+        original = await asyncio.to_thread(node.receipt_for_redelivery, raw, peer)
+        if original is not None:
+            return original
+    node.metrics_rejection(e.reason)
+    log.info(
+        "refused envelope from %s: %s",
+        peer,
+        e.diagnostics(),
+        extra={"message_id": message_id, "peer": peer, "reason": e.reason},
+    )
+    raise Refused(e, message_id) from e
+
+
 async def accept_envelope(node: Node, service: str, raw: bytes, peer: str) -> bytes:
     """Verify ``raw`` exactly as received, commit it once and return the signed receipt.
 
@@ -159,43 +200,57 @@ async def accept_envelope(node: Node, service: str, raw: bytes, peer: str) -> by
     """
     message_id = ""
     try:
-        opened = open_envelope(
-            raw,
-            node.trust.current,
-            self_node=node.code,
-            peer_node=peer,
-            now=node.clock(),
-            policy=node.policy,
-            allowed_kinds=node.kinds_for(service),
-        )
+        opened = _open(node, service, raw, peer)
         message_id = opened.message_id
-        apply = node.handler_for(opened.kind)
-        receipt: bytes = await node.writer.run(
-            lambda s: inbox_accept(
-                s,
-                opened,
-                signer=node.signer,
-                self_node=node.code,
-                now=node.clock(),
-                apply=apply,
-            )
-        )
+        receipt: bytes = await node.writer.run(_inbox_job(node, opened))
     except FederationError as e:
-        if e.reason in TIME_BOUND_REASONS:
-            original = await asyncio.to_thread(node.receipt_for_redelivery, raw, peer)
-            if original is not None:
-                return original
-        node.metrics_rejection(e.reason)
-        log.info(
-            "refused envelope from %s: %s",
-            peer,
-            e.diagnostics(),
-            extra={"message_id": message_id, "peer": peer, "reason": e.reason},
-        )
-        raise Refused(e, message_id) from e
+        return await _refused(node, e, raw, peer, message_id)
     failpoint("after_receive_commit")
     node.on_received(opened)
     return receipt
+
+
+async def accept_envelopes(
+    node: Node, items: list[tuple[str, bytes]], peer: str
+) -> list[bytes | FederationError]:
+    """:func:`accept_envelope` for several (full gRPC service name, envelope) items at once.
+
+    Each item gets exactly the outcome it would get alone: its receipt, or its refusal. The
+    accepted ones go to the store writer together, so they share one transaction and one
+    fsync (a failing one is re-run alone by the writer and fails alone); each receipt is signed
+    inside its own job, after the checks, and answered only after the commit.
+    """
+    out: list[bytes | FederationError | None] = [None] * len(items)
+    opened: list[tuple[int, Opened]] = []
+    failed: list[tuple[int, FederationError, str]] = []  # (index, error, message id)
+    for i, (name, raw) in enumerate(items):
+        service = SERVICE_KEYS.get(name)
+        if service is None:
+            node.metrics_rejection("UNSUPPORTED_KIND")
+            out[i] = FederationError(
+                f"DeliverBatch: unknown service {name!r}", reason="UNSUPPORTED_KIND"
+            )
+            continue
+        try:
+            opened.append((i, _open(node, service, raw, peer)))
+        except FederationError as e:
+            failed.append((i, e, ""))
+    results = await node.writer.run_many([_inbox_job(node, o) for _, o in opened])
+    for (i, o), result in zip(opened, results, strict=True):
+        if isinstance(result, FederationError):
+            failed.append((i, result, o.message_id))
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            failpoint("after_receive_commit")
+            node.on_received(o)
+            out[i] = result
+    for i, err, message_id in failed:
+        try:
+            out[i] = await _refused(node, err, items[i][1], peer, message_id)
+        except Refused as r:
+            out[i] = r
+    return [x for x in out if x is not None]
 
 
 class EnvelopeIntake:
@@ -216,8 +271,9 @@ class EnvelopeIntake:
 class BatchIntake:
     """``DeliverBatch``: every item is handled as :func:`accept_envelope` would handle it alone.
 
-    Items are accepted concurrently, so the store writer commits them together (one fsync for
-    the batch); each receipt is still signed only after its own message is committed.
+    Items are verified in order and handed to the store writer together (:func:`accept_envelopes`),
+    so they commit in one transaction (one fsync for the batch); every receipt is answered only
+    after its message is committed.
     """
 
     def __init__(self, node: Node) -> None:
@@ -244,27 +300,24 @@ class BatchIntake:
             await abort(context, err)
             raise err
 
-        async def one(item: federation_pb2.BatchItem) -> federation_pb2.BatchOutcome:
-            key = SERVICE_KEYS.get(item.service)
-            try:
-                if key is None:
-                    node.metrics_rejection("UNSUPPORTED_KIND")
-                    raise FederationError(
-                        f"DeliverBatch: unknown service {item.service!r}", reason="UNSUPPORTED_KIND"
-                    )
-                receipt = await accept_envelope(node, key, item.envelope, peer)
-            except FederationError as e:
-                return federation_pb2.BatchOutcome(
-                    error=federation_pb2.BatchError(
-                        code=code_for(e).value[0],
-                        reason=e.reason,
-                        message=str(e),
-                        message_id=e.message_id if isinstance(e, Refused) else "",
-                    )
+        results = await accept_envelopes(
+            node,
+            [(item.service, item.envelope) for item in request.items],
+            peer,
+        )
+        outcomes = [
+            federation_pb2.BatchOutcome(receipt=r)
+            if isinstance(r, bytes)
+            else federation_pb2.BatchOutcome(
+                error=federation_pb2.BatchError(
+                    code=code_for(r).value[0],
+                    reason=r.reason,
+                    message=str(r),
+                    message_id=r.message_id if isinstance(r, Refused) else "",
                 )
-            return federation_pb2.BatchOutcome(receipt=receipt)
-
-        outcomes = await asyncio.gather(*(one(item) for item in request.items))
+            )
+            for r in results
+        ]
         return federation_pb2.DeliverBatchResponse(outcomes=outcomes).SerializeToString()
 
 
