@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -244,8 +245,6 @@ class Node:
         **kw: Any,
     ) -> tuple[str, int]:
         """Seal and queue a message inside a caller's transaction; returns (message id, row)."""
-        from federation.envelope import header_of
-
         claim = kw.pop("claim", False)
         if claim and not s.info.get("cccfed_dispatch", False):
             # Nobody hands this row to the worker after the commit (a message queued by the
@@ -254,8 +253,8 @@ class Node:
             claim = False
             self._wake_worker()
         conversation = kw.get("correlation_id", "")
+        mid = kw["message_id"] = kw.get("message_id") or str(uuid.uuid4())
         env = self.seal(recipient_node, payload, **kw)
-        mid = header_of(env).message_id
         lease = timedelta(seconds=self.cfg.delivery.lease_seconds)
         row = outbox_enqueue(
             s,
@@ -447,6 +446,10 @@ class Node:
         # interval a busy writer delays every waiting RPC by up to 5 ms per hand-over.
         sys.setswitchinterval(SWITCH_INTERVAL)
         self._loop = asyncio.get_running_loop()
+        if self.engine.dialect.name == "sqlite":
+            # SQLite commits on the loop itself (see node.store.db.Writer); PostgreSQL keeps
+            # the writer thread, so that network round trips never hold up the loop.
+            self.writer.attach(self._loop)
         if self.cfg.metrics_listen:
             # First, so that a port in use stops the start before anything serves.
             self.metrics_port = self.metrics.serve(self.cfg.metrics_listen)
@@ -455,6 +458,7 @@ class Node:
             await self._server.start()
             await self._update_health()
         except BaseException:
+            self.writer.detach()
             await asyncio.to_thread(self.metrics.close)
             raise
         self.worker = DeliveryWorker(self)
@@ -545,6 +549,7 @@ class Node:
             await self._server.stop(grace)
         await asyncio.to_thread(self.metrics.close)
         await self.peers.close()
+        self.writer.detach()
         self.writer.close()
         self.engine.dispose()
 

@@ -153,8 +153,13 @@ def _start(fut: Any) -> bool:
 
 
 def _finish(batch: list[tuple[Any, Any]], results: list[tuple[bool, Any]]) -> None:
-    """From the writer thread: hand each job's result to its caller. Thread futures are set
-    here; the asyncio futures of one loop are set together, in one callback on that loop."""
+    """Hand each job's result to its caller. Thread futures are set here; the asyncio futures
+    of one loop are set together: at once on that loop's own thread (an attached writer), else
+    in one callback on that loop."""
+    try:
+        here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        here = None
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, bool, Any]]] = {}
     for (ok, value), (_, fut) in zip(results, batch, strict=True):
         if isinstance(fut, Future):
@@ -167,6 +172,9 @@ def _finish(batch: list[tuple[Any, Any]], results: list[tuple[bool, Any]]) -> No
         else:
             by_loop.setdefault(fut.get_loop(), []).append((fut, ok, value))
     for loop, settled in by_loop.items():
+        if loop is here:
+            _settle(settled)
+            continue
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
             loop.call_soon_threadsafe(_settle, settled)
 
@@ -183,11 +191,24 @@ def _settle(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
 
 
 class Writer:
-    """One thread that runs write jobs in batches, committing each batch once.
+    """Runs write jobs in batches, committing each batch once.
 
     ``await writer.run(fn)`` returns ``fn(connection)``'s result after the transaction holding it
     has committed. A job that raises has its exception returned to its caller and nothing of it
     stored; the other jobs of its batch commit.
+
+    Where the jobs run:
+
+    - by default on the writer's own thread, so the event loop never waits for the store (the
+      mode for PostgreSQL, where every statement is a network round trip, and for processes
+      without a loop);
+    - once attached to an event loop (:meth:`attach`; a serving node on SQLite), on that loop
+      itself, at the end of each loop turn: one transaction for the turn's jobs. SQLite
+      statements are in-process calls of microseconds, so handing them to a thread cost more
+      than it saved: the thread and the loop fought for the GIL on every batch (bench/README.md:
+      about 15-20 % more throughput attached, at less CPU per message). The loop does wait for
+      the commit's fsync; jobs from other threads (:meth:`submit`) are passed to the loop, so
+      the store still has exactly one writer.
     """
 
     def __init__(self, engine: Engine, *, max_batch: int = 128, name: str = "store-writer") -> None:
@@ -199,14 +220,45 @@ class Writer:
         #: Transactions committed and jobs run (for metrics and benchmarks).
         self.commits = 0
         self.jobs = 0
+        #: The event loop jobs run on when attached (see the class docstring), and its thread.
+        self._attached: asyncio.AbstractEventLoop | None = None
+        self._attached_thread: int | None = None
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run jobs on ``loop`` (call from that loop's thread) until :meth:`detach`."""
+        self._attached = loop
+        self._attached_thread = threading.get_ident()
+
+    def detach(self) -> None:
+        """Back to the writer thread (jobs still waiting for their turn go there)."""
+        self._attached = None
+        self._attached_thread = None
 
     def submit(self, fn: Callable[[Connection], T]) -> Future[T]:
         """Queue a job from any thread; the returned future settles after its commit."""
         fut: Future[T] = Future()
-        self._q.put([(fn, fut)])
+        loop = self._attached
+        if loop is None:
+            self._q.put([(fn, fut)])
+        elif threading.get_ident() == self._attached_thread:
+            self._run_jobs([(fn, fut)])  # on the loop itself: at once (waiting would deadlock)
+        else:
+            try:
+                loop.call_soon_threadsafe(self._queue_on_loop, loop, fn, fut)
+            except RuntimeError:  # the loop has closed meanwhile: the thread takes it
+                self._q.put([(fn, fut)])
         return fut
+
+    def _queue_on_loop(
+        self, loop: asyncio.AbstractEventLoop, fn: Callable[[Connection], Any], fut: Any
+    ) -> None:
+        turn = self._turn.get(loop)
+        if turn is None:
+            turn = self._turn[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        turn.append((fn, fut))
 
     async def run(self, fn: Callable[[Connection], T]) -> T:
         """Queue a job from the event loop and wait for its commit.
@@ -241,10 +293,23 @@ class Writer:
         return list(await asyncio.gather(*futs, return_exceptions=True))
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        """At the end of a loop turn: pass its jobs to the writer thread as one batch."""
+        """At the end of a loop turn: run its jobs as one batch here (attached), or pass them
+        to the writer thread as one."""
         jobs = self._turn.pop(loop, None)
-        if jobs:
+        if not jobs:
+            return
+        if loop is self._attached:
+            self._run_jobs(jobs)
+        else:
             self._q.put(jobs)
+
+    def _run_jobs(self, batch: list[tuple[Callable[[Connection], Any], Any]]) -> None:
+        try:
+            self._run_batch(batch)
+        except Exception:  # the writer must never die: every later commit depends on it
+            log.exception("store writer: unexpected error in a batch")
+            err = StoreError("store writer failed; see the node log")
+            _finish(batch, [(False, err)] * len(batch))
 
     def close(self) -> None:
         self._q.put(_STOP)
@@ -266,12 +331,7 @@ class Writer:
                     stop = True
                     break
                 batch.extend(nxt)
-            try:
-                self._run_batch(batch)
-            except Exception:  # the writer must never die: every later commit depends on it
-                log.exception("store writer: unexpected error in a batch")
-                err = StoreError("store writer failed; see the node log")
-                _finish(batch, [(False, err)] * len(batch))
+            self._run_jobs(batch)
             if stop:
                 return
 
