@@ -223,6 +223,7 @@ class Writer:
         #: The event loop jobs run on when attached (see the class docstring), and its thread.
         self._attached: asyncio.AbstractEventLoop | None = None
         self._attached_thread: int | None = None
+        self._conn: Connection | None = None
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -235,6 +236,26 @@ class Writer:
         """Back to the writer thread (jobs still waiting for their turn go there)."""
         self._attached = None
         self._attached_thread = None
+        kept, self._conn = self._conn, None
+        if kept is not None:
+            kept.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """One write transaction. Attached, on the loop's thread, it runs on a connection kept
+        for the purpose (checking one out of the pool and back for every small batch showed in
+        profiles); otherwise on a pooled one."""
+        if self._attached is None or threading.get_ident() != self._attached_thread:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        kept = self._conn
+        if kept is None or kept.closed or kept.invalidated:
+            if kept is not None:
+                kept.close()
+            kept = self._conn = self.engine.connect()
+        with kept.begin():
+            yield kept
 
     def submit(self, fn: Callable[[Connection], T]) -> Future[T]:
         """Queue a job from any thread; the returned future settles after its commit."""
@@ -257,7 +278,7 @@ class Writer:
         turn = self._turn.get(loop)
         if turn is None:
             turn = self._turn[loop] = []
-            loop.call_soon(self._hand_over, loop)
+            loop.call_soon(self._linger, loop)
         turn.append((fn, fut))
 
     async def run(self, fn: Callable[[Connection], T]) -> T:
@@ -274,7 +295,7 @@ class Writer:
         turn = self._turn.get(loop)
         if turn is None:
             turn = self._turn[loop] = []
-            loop.call_soon(self._hand_over, loop)
+            loop.call_soon(self._linger, loop)
         turn.append((fn, fut))
         return await fut
 
@@ -288,9 +309,15 @@ class Writer:
         turn = self._turn.get(loop)
         if turn is None:
             turn = self._turn[loop] = []
-            loop.call_soon(self._hand_over, loop)
+            loop.call_soon(self._linger, loop)
         turn.extend(zip(fns, futs, strict=True))
         return list(await asyncio.gather(*futs, return_exceptions=True))
+
+    def _linger(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One more loop turn before the batch closes: callbacks scheduled by this turn (say,
+        producers woken by the receipts whose records were just queued) join the same
+        transaction instead of paying for a commit of their own."""
+        loop.call_soon(self._hand_over, loop)
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         """At the end of a loop turn: run its jobs as one batch here (attached), or pass them
@@ -337,7 +364,7 @@ class Writer:
 
     def _run_alone(self, fn: Callable[[Connection], Any]) -> tuple[bool, Any]:
         try:
-            with self.engine.begin() as conn:
+            with self._transaction() as conn:
                 value = fn(conn)
                 flush_log(conn)
             self.commits += 1
@@ -367,7 +394,7 @@ class Writer:
         results: list[tuple[bool, Any]] | None = None
         if len(batch) > 1:
             try:
-                with self.engine.begin() as conn:
+                with self._transaction() as conn:
                     values = [fn(conn) for fn, _ in batch]
                     flush_log(conn)
                 self.commits += 1
