@@ -826,3 +826,32 @@ def test_receipt_received_at_must_be_plausible(
     assert reason_of(e) == "RECEIPT_TIME"
     # Without a tolerance (offline re-verification of old records) it is not judged.
     verify_receipt(receipt, env, trusted_manifest, expected_receiver=JS, at=check_at)
+
+
+def _canonical_by_uuid_module(value: str) -> bool:
+    """The message-id rule as first written: what ``str(uuid.UUID(value))`` gives back."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+@given(
+    st.one_of(
+        st.uuids().map(str),
+        st.uuids().map(lambda u: str(u).upper()),
+        st.tuples(st.uuids(), st.integers(0, 35)).map(  # one character in upper case
+            lambda t: str(t[0])[: t[1]] + str(t[0])[t[1]].upper() + str(t[0])[t[1] + 1 :]
+        ),
+        st.uuids().map(lambda u: "{" + str(u) + "}"),
+        st.uuids().map(lambda u: u.hex),
+        st.uuids().map(lambda u: "urn:uuid:" + str(u)),
+        st.uuids().map(lambda u: str(u) + "\n"),
+        st.text(alphabet="0123456789abcdefABCDEF-{}", max_size=40),
+        st.text(max_size=40),
+    )
+)
+def test_message_id_check_accepts_exactly_canonical_uuids(value: str) -> None:
+    from federation.envelope import _valid_uuid
+
+    assert _valid_uuid(value) == _canonical_by_uuid_module(value)
