@@ -275,28 +275,29 @@ class Writer:
     def _queue_on_loop(
         self, loop: asyncio.AbstractEventLoop, fn: Callable[[Connection], Any], fut: Any
     ) -> None:
+        self._add(loop, [(fn, fut)])
+
+    def _add(self, loop: asyncio.AbstractEventLoop, jobs: list[tuple[Any, Any]]) -> None:
+        """Add jobs to ``loop``'s current batch (from that loop's thread); the first of a batch
+        schedules its hand-over."""
         turn = self._turn.get(loop)
         if turn is None:
             turn = self._turn[loop] = []
             loop.call_soon(self._linger, loop)
-        turn.append((fn, fut))
+        turn.extend(jobs)
 
     async def run(self, fn: Callable[[Connection], T]) -> T:
         """Queue a job from the event loop and wait for its commit.
 
-        The jobs an event loop queues in one turn (say, every item of one ``DeliverBatch``, or
-        every producer woken by one batch of receipts) reach the writer together at the end of
-        the turn, so they share one transaction instead of the first leaving alone; the writer
-        settles their futures in one callback on the loop. Cheaper than :meth:`submit` +
-        ``wrap_future``, too: one queue hand-off per turn, no thread lock per job.
+        The jobs an event loop queues in one turn (say, every item of one ``DeliverBatch``), and
+        in the turn after it (say, the producers woken by a batch of receipts), reach the writer
+        together, so they share one transaction instead of the first leaving alone; their
+        futures are settled together. Cheaper than :meth:`submit` + ``wrap_future``, too: one
+        hand-off per batch, no thread lock per job.
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        turn = self._turn.get(loop)
-        if turn is None:
-            turn = self._turn[loop] = []
-            loop.call_soon(self._linger, loop)
-        turn.append((fn, fut))
+        self._add(loop, [(fn, fut)])
         return await fut
 
     async def run_many(self, fns: list[Callable[[Connection], Any]]) -> list[Any]:
@@ -306,11 +307,7 @@ class Writer:
             return []
         loop = asyncio.get_running_loop()
         futs: list[asyncio.Future[Any]] = [loop.create_future() for _ in fns]
-        turn = self._turn.get(loop)
-        if turn is None:
-            turn = self._turn[loop] = []
-            loop.call_soon(self._linger, loop)
-        turn.extend(zip(fns, futs, strict=True))
+        self._add(loop, list(zip(fns, futs, strict=True)))
         return list(await asyncio.gather(*futs, return_exceptions=True))
 
     def _linger(self, loop: asyncio.AbstractEventLoop) -> None:
