@@ -160,17 +160,14 @@ def _finish(batch: list[tuple[Any, Any]], results: list[tuple[bool, Any]]) -> No
         here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:
         here = None
+    threaded: list[tuple[Any, bool, Any]] = []
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, bool, Any]]] = {}
     for (ok, value), (_, fut) in zip(results, batch, strict=True):
         if isinstance(fut, Future):
-            if fut.done():
-                continue
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
+            threaded.append((fut, ok, value))
         else:
             by_loop.setdefault(fut.get_loop(), []).append((fut, ok, value))
+    _settle(threaded)
     for loop, settled in by_loop.items():
         if loop is here:
             _settle(settled)
@@ -179,8 +176,9 @@ def _finish(batch: list[tuple[Any, Any]], results: list[tuple[bool, Any]]) -> No
             loop.call_soon_threadsafe(_settle, settled)
 
 
-def _settle(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    """On the callers' event loop: deliver a batch's results (skipping cancelled callers)."""
+def _settle(settled: list[tuple[Any, bool, Any]]) -> None:
+    """Deliver results to their futures, skipping callers that went away. Asyncio futures
+    only on their own loop; thread futures from anywhere."""
     for fut, ok, value in settled:
         if fut.done():
             continue

@@ -20,12 +20,13 @@ from federation import message_log as mlog
 from federation.crypto import Signer, sha256
 from federation.envelope import Opened, make_receipt
 from federation.errors import FederationError, VerificationError
-from node.store.models import Inbox, LogHead, ManifestHistory, MessageLog, Outbox
+from node.store.models import Inbox, LogHead, ManifestHistory, MessageLog, Outbox, UTCDateTime
 
 INBOX = Inbox.__table__  # type: ignore[attr-defined]
 OUTBOX = Outbox.__table__  # type: ignore[attr-defined]
 LOG = MessageLog.__table__  # type: ignore[attr-defined]
 HEAD = LogHead.__table__  # type: ignore[attr-defined]
+_UTC_DATETIME = UTCDateTime()
 MANIFESTS = ManifestHistory.__table__  # type: ignore[attr-defined]
 
 # Hot-path statements (every message runs them) go straight to the DB-API cursor of the
@@ -57,17 +58,13 @@ def _run(s: Connection, stmt: _Raw, params: dict[str, Any]) -> Any:
 
 
 def _ts(s: Connection, value: datetime | None) -> Any:
-    """Bind an aware instant as :class:`~node.store.models.UTCDateTime` does: naive UTC text in
-    SQLAlchemy's SQLite storage format, an aware datetime for PostgreSQL."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise ValueError("naive datetime given to the store; instants must be UTC-aware")
-    if value.tzinfo is not UTC:
-        value = value.astimezone(UTC)
-    if _pg(s):
-        return value
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    """Bind an instant as the :class:`~node.store.models.UTCDateTime` column does (its own
+    checks and UTC normalisation), then as SQLAlchemy's SQLite dialect stores it: naive UTC
+    text with microseconds. PostgreSQL takes the aware datetime."""
+    bound = _UTC_DATETIME.process_bind_param(value, s.dialect)
+    if bound is None or _pg(s):
+        return bound
+    return bound.isoformat(" ", "microseconds")
 
 
 _HEAD_FOR_UPDATE = _Raw(
@@ -208,8 +205,9 @@ def inbox_accept(
     digest = sha256(opened.envelope_bytes)
     row = _run(s, _INBOX_FIND, {"mid": opened.message_id}).fetchone()
     if row is not None:
-        if bytes(row[0]) == digest and row[2] == opened.header.sender_node:
-            return bytes(row[1])
+        original = _exact_receipt(row, digest, opened.header.sender_node)
+        if original is not None:
+            return original
         raise DuplicateConflict(
             f"message {opened.message_id} was already received with different content"
         )
@@ -259,18 +257,15 @@ def inbox_receipt_for_exact(
     Lets a redelivery be answered with its original receipt even when re-verifying it now
     would fail for reasons of time alone (too old, key expired or revoked since).
     """
-    row = conn.execute(
-        select(INBOX.c.envelope_sha256, INBOX.c.receipt, INBOX.c.sender_node).where(
-            INBOX.c.message_id == message_id
-        )
-    ).first()
-    if (
-        row is None
-        or row.sender_node != sender_node
-        or bytes(row.envelope_sha256) != sha256(envelope)
-    ):
-        return None
-    return bytes(row.receipt)
+    row = _run(conn, _INBOX_FIND, {"mid": message_id}).fetchone()
+    return None if row is None else _exact_receipt(row, sha256(envelope), sender_node)
+
+
+def _exact_receipt(row: Any, digest: bytes, sender_node: str) -> bytes | None:
+    """The stored receipt of an ``_INBOX_FIND`` row, if it was for these bytes from this sender."""
+    if bytes(row[0]) == digest and row[2] == sender_node:
+        return bytes(row[1])
+    return None
 
 
 # --- outbox ------------------------------------------------------------------------------------

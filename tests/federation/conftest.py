@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -40,6 +41,46 @@ def wait_until(pred: Callable[[], bool], timeout: float = 60.0, what: str = "con
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.1)
+
+
+class Cli:
+    """``cccfed …`` in this process, with its output captured."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str], fed: Federation) -> None:
+        self.capsys = capsys
+        self.fed = fed
+
+    def run(self, code: str | None, *argv: str) -> tuple[int, str, str]:
+        from node.cli import main
+
+        self.capsys.readouterr()
+        config = ["--config", str(self.fed.config(code))] if code else []
+        rc = main([*argv, *config])
+        out, err = self.capsys.readouterr()
+        return rc, out, err
+
+    def json(self, code: str | None, *argv: str) -> Any:
+        rc, out, err = self.run(code, *argv, "--json")
+        assert rc == 0, err
+        return json.loads(out)
+
+    def wait_for(
+        self, code: str, noun: str, key: str, pred: Callable[[dict[str, Any]], bool], what: str
+    ) -> dict[str, Any]:
+        """Poll ``<noun> show KEY`` on ``code`` until ``pred`` holds of its latest answer (the
+        record may not be there yet: ``show`` then fails with NOT_FOUND)."""
+        seen: dict[str, Any] = {}
+
+        def check() -> bool:
+            rc, out, _ = self.run(code, noun, "show", key, "--json")
+            if rc != 0:
+                return False
+            seen.clear()
+            seen.update(json.loads(out))
+            return pred(seen)
+
+        wait_until(check, 30, f"{code}: {what}")
+        return seen
 
 
 @dataclass

@@ -43,30 +43,11 @@ from node.recognition import ENTRIES
 from node.runtime import Node
 from node.store.ops import INBOX, LOG, OUTBOX
 from tests.assistance_harness import accept, act, deliver_all, new_request, node_at, read
-from tests.federation.conftest import Federation, MakeFed, wait_until
+from tests.federation.conftest import Cli, Federation, MakeFed, wait_until
 
 SH, JS = "310000", "320000"
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "assistance-request.toml"
-
-
-class Cli:
-    """``cccfed …`` in this process, with its output captured."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str], fed: Federation) -> None:
-        self.capsys = capsys
-        self.fed = fed
-
-    def run(self, code: str, *argv: str) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        rc = main([*argv, "--config", str(self.fed.config(code))])
-        out, err = self.capsys.readouterr()
-        return rc, out, err
-
-    def json(self, code: str, *argv: str) -> Any:
-        rc, out, err = self.run(code, *argv, "--json")
-        assert rc == 0, err
-        return json.loads(out)
 
 
 def snapshot(url: str) -> dict[str, Any]:

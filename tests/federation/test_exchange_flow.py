@@ -23,9 +23,9 @@ from icalendar import Calendar
 from cccfed.v1 import expert_exchange_pb2 as pb
 from federation import draw as draws
 from federation.periods import shanghai_date
-from node.cli import main
 from node.config import load_config
 from node.runtime import Node
+from tests.federation import conftest
 from tests.federation.conftest import Federation, MakeFed, wait_until
 
 pytestmark = pytest.mark.slow
@@ -36,41 +36,11 @@ ANHUI_EXPERTS = ROOT / "docs" / "examples" / "experts-anhui.csv"
 HOLDER = "913304007429141869"
 
 
-class Cli:
-    """``cccfed …`` in this process, with its output captured."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str], fed: Federation) -> None:
-        self.capsys = capsys
-        self.fed = fed
-
-    def run(self, code: str | None, *argv: str) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        config = ["--config", str(self.fed.config(code))] if code else []
-        rc = main([*argv, *config])
-        out, err = self.capsys.readouterr()
-        return rc, out, err
-
-    def json(self, code: str | None, *argv: str) -> Any:
-        rc, out, err = self.run(code, *argv, "--json")
-        assert rc == 0, err
-        return json.loads(out)
-
+class Cli(conftest.Cli):
     def wait_show(
         self, code: str, xid: str, pred: Callable[[dict[str, Any]], bool], what: str
     ) -> dict[str, Any]:
-        """Poll ``exchange show`` on ``code`` until ``pred`` holds (NOT_FOUND until it arrives)."""
-        seen: dict[str, Any] = {}
-
-        def check() -> bool:
-            rc, out, _ = self.run(code, "exchange", "show", xid, "--json")
-            if rc != 0:
-                return False
-            seen.clear()
-            seen.update(json.loads(out))
-            return pred(seen)
-
-        wait_until(check, 30, f"{code}: {what}")
-        return seen
+        return self.wait_for(code, "exchange", xid, pred, what)
 
 
 @pytest.fixture

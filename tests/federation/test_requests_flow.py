@@ -10,7 +10,6 @@ and delivered by its running worker, so the receiver's refusal comes back over t
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,9 +22,9 @@ from cccfed.v1 import assistance_pb2 as pb
 from federation.envelope import verify_receipt
 from federation.holidays import HolidayCalendar
 from federation.periods import day_period
-from node.cli import main
 from node.config import load_config
 from node.runtime import Node
+from tests.federation import conftest
 from tests.federation.conftest import Federation, MakeFed, wait_until
 
 pytestmark = pytest.mark.slow
@@ -34,24 +33,7 @@ SH, JS, ZJ, AH = "310000", "320000", "330000", "340000"
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "assistance-request.toml"
 
 
-class Cli:
-    """``cccfed …`` in this process, with its output captured."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str], fed: Federation) -> None:
-        self.capsys = capsys
-        self.fed = fed
-
-    def run(self, code: str, *argv: str) -> tuple[int, str, str]:
-        self.capsys.readouterr()
-        rc = main([*argv, "--config", str(self.fed.config(code))])
-        out, err = self.capsys.readouterr()
-        return rc, out, err
-
-    def json(self, code: str, *argv: str) -> Any:
-        rc, out, err = self.run(code, *argv, "--json")
-        assert rc == 0, err
-        return json.loads(out)
-
+class Cli(conftest.Cli):
     def show(self, code: str, rid: str) -> dict[str, Any]:
         data: dict[str, Any] = self.json(code, "request", "show", rid)
         return data
@@ -59,19 +41,7 @@ class Cli:
     def wait_show(
         self, code: str, rid: str, pred: Callable[[dict[str, Any]], bool], what: str
     ) -> dict[str, Any]:
-        """Poll ``request show`` on ``code`` until ``pred`` holds (the request may not be there
-        yet: ``show`` then fails with NOT_FOUND)."""
-        seen: dict[str, Any] = {}
-
-        def check() -> bool:
-            rc, out, _ = self.run(code, "request", "show", rid, "--json")
-            if rc != 0:
-                return False
-            seen.update(json.loads(out))
-            return pred(seen)
-
-        wait_until(check, 30, f"{code}: {what}")
-        return seen
+        return self.wait_for(code, "request", rid, pred, what)
 
 
 @pytest.fixture

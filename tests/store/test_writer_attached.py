@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
 from federation.errors import FederationError
-from node.store.db import Writer
+from node.store.db import Writer, transaction
 from node.store.ops import MANIFESTS, record_manifest
 
 
@@ -141,3 +142,44 @@ def test_detached_writer_goes_back_to_its_thread(
     assert threads[:2] == [loop_thread, loop_thread]
     assert threads[2] != loop_thread
     assert _stored(engine) == {5, 6, 8}
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        datetime(2026, 11, 28, 8, 0, 0, tzinfo=UTC),  # no microseconds
+        datetime(2026, 11, 28, 16, 0, 0, 123456, tzinfo=timezone(timedelta(hours=8))),
+    ],
+)
+def test_raw_bound_instants_read_back_through_the_models(engine: Engine, at: datetime) -> None:
+    """The hot statements bind instants themselves (node.store.ops._ts); SQLAlchemy must read
+    them back as the same instant, and compare them in SQL, as if it had bound them."""
+    from node.store.ops import OUTBOX, outbox_enqueue
+
+    with transaction(engine) as s:
+        outbox_enqueue(
+            s,
+            b"env",
+            message_id=str(uuid.uuid4()),
+            recipient_node="320000",
+            service="federation",
+            kind="cccfed.v1.Ping",
+            now=at,
+        )
+    with engine.connect() as conn:
+        row = conn.execute(select(OUTBOX.c.created_at, OUTBOX.c.next_attempt_at)).one()
+        due = conn.execute(
+            select(func.count()).select_from(OUTBOX).where(OUTBOX.c.next_attempt_at <= at)
+        ).scalar_one()
+    assert row.created_at == at and row.next_attempt_at == at
+    assert due == 1
+    with pytest.raises(ValueError, match="naive"), transaction(engine) as s:
+        outbox_enqueue(
+            s,
+            b"env",
+            message_id=str(uuid.uuid4()),
+            recipient_node="320000",
+            service="federation",
+            kind="cccfed.v1.Ping",
+            now=at.replace(tzinfo=None),
+        )
