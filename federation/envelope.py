@@ -9,7 +9,6 @@ Every refusal is a :class:`VerificationError` with one of the reasons listed in
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +17,7 @@ from google.protobuf.message import DecodeError, Message
 from cccfed.v1 import envelope_pb2
 from federation.crypto import CTX_ENVELOPE, CTX_RECEIPT, Signer, sha256, verify
 from federation.errors import VerificationError
+from federation.ids import uuid7
 from federation.manifest import TrustedManifest
 from federation.timestamps import set_datetime, to_datetime
 
@@ -100,7 +100,7 @@ def seal(
         payload_bytes = payload
     header = envelope_pb2.Header(
         version=PROTOCOL_VERSION,
-        message_id=message_id or str(uuid.uuid4()),
+        message_id=message_id or uuid7(now),
         correlation_id=correlation_id,
         kind=kind,
         sender_node=sender_node,

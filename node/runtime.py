@@ -14,7 +14,6 @@ import signal
 import socket
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,7 @@ from cccfed.v1 import federation_pb2
 from federation.crypto import Signer
 from federation.envelope import Opened, Policy, VerifiedReceipt, kind_of, seal
 from federation.errors import ConfigError, FederationError, ValidationError
+from federation.ids import uuid7
 from node.client import PeerPool, PingResult
 from node.config import NodeConfig
 from node.logs import message_context
@@ -253,7 +253,7 @@ class Node:
             claim = False
             self._wake_worker()
         conversation = kw.get("correlation_id", "")
-        mid = kw["message_id"] = kw.get("message_id") or str(uuid.uuid4())
+        mid = kw["message_id"] = kw.get("message_id") or uuid7(self.clock())
         env = self.seal(recipient_node, payload, **kw)
         lease = timedelta(seconds=self.cfg.delivery.lease_seconds)
         row = outbox_enqueue(

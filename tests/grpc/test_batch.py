@@ -231,6 +231,31 @@ def test_worker_sends_many_messages_in_fewer_calls(cluster: Cluster) -> None:
     assert _outbox_states(sender).get("delivered", 0) >= 60
 
 
+def test_queued_messages_get_time_ordered_ids(cluster: Cluster) -> None:
+    """Message ids are version 7 UUIDs stamped with the node clock's millisecond (federation/
+    ids.py), so a later message's id sorts after an earlier one's, as text and in the index."""
+    sender = cluster[JS]
+
+    async def queue() -> list[str]:
+        mids = []
+        for i in range(5):
+            mid, _row = await sender.enqueue(SH, "federation", federation_pb2.Ping(note=f"t{i}"))
+            mids.append(mid)
+            await asyncio.sleep(0.003)  # the next one in a later millisecond
+        return mids
+
+    mids = cluster.run(queue())
+    assert mids == sorted(mids) and len(set(mids)) == 5
+    with sender.engine.connect() as conn:
+        q = select(OUTBOX.c.message_id, OUTBOX.c.envelope).where(OUTBOX.c.message_id.in_(mids))
+        envelopes = {r.message_id: bytes(r.envelope) for r in conn.execute(q)}
+    for mid in mids:
+        u = uuid.UUID(mid)
+        assert u.version == 7
+        created = header_of(envelopes[mid]).created_at
+        assert u.int >> 80 == created.seconds * 1000 + created.nanos // 1_000_000
+
+
 def test_worker_falls_back_to_one_call_per_message_for_a_peer_without_batch(
     new_federation: Callable[..., Federation], runner: LoopRunner
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -80,6 +80,9 @@ def open_as_js(
     )
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def parts(data: bytes) -> tuple[envelope_pb2.Envelope, envelope_pb2.Header]:
     e = envelope_pb2.Envelope()
     e.ParseFromString(data)
@@ -137,6 +140,9 @@ def test_round_trip(env: bytes, trusted_manifest: TrustedManifest, now: datetime
     assert opened.header.recipient_bureau == JS
     assert opened.created_at == now
     assert str(uuid.UUID(opened.message_id)) == opened.message_id
+    # A fresh id is a version 7 UUID whose timestamp is the created_at millisecond (ids.py).
+    assert uuid.UUID(opened.message_id).version == 7
+    assert uuid.UUID(opened.message_id).int >> 80 == (now - EPOCH) // timedelta(milliseconds=1)
     assert opened.header.payload_sha256 == sha256(opened.payload)
     ping = federation_pb2.Ping()
     opened.parse(ping)
