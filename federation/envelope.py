@@ -226,14 +226,23 @@ def open_envelope(
 
 
 def make_receipt(
-    signer: Signer, opened: Opened, *, receiver_node: str, received_at: datetime
+    signer: Signer,
+    opened: Opened,
+    *,
+    receiver_node: str,
+    received_at: datetime,
+    envelope_sha256: bytes | None = None,
 ) -> bytes:
-    """Sign a receipt for a committed envelope; returns the Receipt bytes to store and send."""
+    """Sign a receipt for a committed envelope; returns the Receipt bytes to store and send.
+
+    ``envelope_sha256``, if the caller has already hashed ``opened.envelope_bytes``, saves
+    hashing them again.
+    """
     body = envelope_pb2.ReceiptBody(
         version=PROTOCOL_VERSION,
         message_id=opened.message_id,
         header_sha256=sha256(opened.envelope.header),
-        envelope_sha256=sha256(opened.envelope_bytes),
+        envelope_sha256=envelope_sha256 or sha256(opened.envelope_bytes),
         receiver_node=receiver_node,
         sender_node=opened.header.sender_node,
         signing_key_id=signer.key_id,
@@ -250,12 +259,10 @@ def make_receipt(
 class VerifiedReceipt:
     receipt_bytes: bytes
     body: envelope_pb2.ReceiptBody
+    #: When the receiver committed the envelope (the receipt's signed ``received_at``).
+    received_at: datetime
     #: When the envelope it covers was sealed (its signed ``created_at``).
     created_at: datetime | None = None
-
-    @property
-    def received_at(self) -> datetime:
-        return to_datetime(self.body.received_at)
 
 
 def verify_receipt(
@@ -291,7 +298,7 @@ def verify_receipt(
         )
     verify(key.public_key, receipt.signature, CTX_RECEIPT, receipt.body, what="receipt signature")
     try:
-        to_datetime(body.received_at)
+        received = to_datetime(body.received_at)
     except (ValueError, OverflowError) as e:
         raise VerificationError("received_at is not a valid timestamp", reason="MALFORMED") from e
     env = envelope_pb2.Envelope()
@@ -315,7 +322,6 @@ def verify_receipt(
     if max_skew is not None:
         if created is None:
             raise VerificationError("created_at is not a valid timestamp", reason="MALFORMED")
-        received = to_datetime(body.received_at)
         if received < created - max_skew or received > at + max_skew:
             raise VerificationError(
                 f"receipt says received at {received.isoformat()}, implausible for a message "
@@ -323,7 +329,9 @@ def verify_receipt(
                 f"(tolerance {max_skew.total_seconds():.0f} s)",
                 reason="RECEIPT_TIME",
             )
-    return VerifiedReceipt(receipt_bytes=receipt_bytes, body=body, created_at=created)
+    return VerifiedReceipt(
+        receipt_bytes=receipt_bytes, body=body, received_at=received, created_at=created
+    )
 
 
 def header_of(envelope_bytes: bytes) -> envelope_pb2.Header:

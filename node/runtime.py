@@ -203,6 +203,7 @@ class Node:
         sender_bureau: str = "",
         correlation_id: str = "",
         message_id: str | None = None,
+        now: datetime | None = None,
     ) -> bytes:
         tm = self.trust.current
         tm.member(recipient_node)
@@ -222,7 +223,7 @@ class Node:
             sender_node=self.code,
             recipient_node=recipient_node,
             payload=payload,
-            now=self.clock(),
+            now=self.clock() if now is None else now,
             sender_bureau=sender_bureau,
             recipient_bureau=recipient_bureau,
             correlation_id=correlation_id,
@@ -253,7 +254,10 @@ class Node:
             claim = False
             self._wake_worker()
         conversation = kw.get("correlation_id", "")
-        mid = kw["message_id"] = kw.get("message_id") or uuid7(self.clock())
+        # One instant for the id, the signed created_at and the row (ids.py: the id's
+        # millisecond is the envelope's).
+        now = kw["now"] = self.clock()
+        mid = kw["message_id"] = kw.get("message_id") or uuid7(now)
         env = self.seal(recipient_node, payload, **kw)
         lease = timedelta(seconds=self.cfg.delivery.lease_seconds)
         row = outbox_enqueue(
@@ -263,7 +267,7 @@ class Node:
             recipient_node=recipient_node,
             service=service,
             kind=kind_of(payload),
-            now=self.clock(),
+            now=now,
             claim_for=self.replica if claim else None,
             lease=lease if claim else None,
             conversation=conversation,

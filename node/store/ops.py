@@ -213,7 +213,9 @@ def inbox_accept(
         )
     if apply is not None:
         apply(s, opened, now)
-    receipt = make_receipt(signer, opened, receiver_node=self_node, received_at=now)
+    receipt = make_receipt(
+        signer, opened, receiver_node=self_node, received_at=now, envelope_sha256=digest
+    )
     _run(
         s,
         _INBOX_INSERT,
