@@ -19,6 +19,7 @@ from federation.errors import VerificationError
 
 CTX_ENVELOPE = b"cccfed.v1.envelope\x00"
 CTX_RECEIPT = b"cccfed.v1.receipt\x00"
+CTX_RECEIPT_BATCH = b"cccfed.v1.receipt-batch\x00"
 CTX_MANIFEST = b"cccfed.v1.manifest\x00"
 CTX_CHECKPOINT = b"cccfed.v1.checkpoint\x00"
 CTX_COSIGNATURE = b"cccfed.v1.cosignature\x00"

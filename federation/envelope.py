@@ -12,13 +12,15 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf.message import DecodeError, Message
 
 from cccfed.v1 import envelope_pb2
-from federation.crypto import CTX_ENVELOPE, CTX_RECEIPT, Signer, sha256, verify
+from federation.crypto import CTX_ENVELOPE, CTX_RECEIPT, CTX_RECEIPT_BATCH, Signer, sha256, verify
 from federation.errors import VerificationError
 from federation.ids import uuid7
 from federation.manifest import TrustedManifest
+from federation.merkle import leaf_hash, node_hash, verify_inclusion
 from federation.timestamps import set_datetime, to_datetime
 
 PROTOCOL_VERSION = 1
@@ -225,7 +227,7 @@ def open_envelope(
     return Opened(envelope_bytes=envelope_bytes, envelope=env, header=header)
 
 
-def make_receipt(
+def receipt_body(
     signer: Signer,
     opened: Opened,
     *,
@@ -233,7 +235,7 @@ def make_receipt(
     received_at: datetime,
     envelope_sha256: bytes | None = None,
 ) -> bytes:
-    """Sign a receipt for a committed envelope; returns the Receipt bytes to store and send.
+    """The serialized ReceiptBody for a committed envelope (to sign alone or in a batch).
 
     ``envelope_sha256``, if the caller has already hashed ``opened.envelope_bytes``, saves
     hashing them again.
@@ -249,10 +251,138 @@ def make_receipt(
         status=envelope_pb2.RECEIPT_STATUS_ACCEPTED,
     )
     set_datetime(body.received_at, received_at.astimezone(UTC))
-    body_bytes = body.SerializeToString(deterministic=True)
-    return envelope_pb2.Receipt(
-        body=body_bytes, signature=signer.sign(CTX_RECEIPT, body_bytes)
+    return body.SerializeToString(deterministic=True)
+
+
+def make_receipt(
+    signer: Signer,
+    opened: Opened,
+    *,
+    receiver_node: str,
+    received_at: datetime,
+    envelope_sha256: bytes | None = None,
+) -> bytes:
+    """Sign a receipt for a committed envelope; returns the Receipt bytes to store and send."""
+    body = receipt_body(
+        signer,
+        opened,
+        receiver_node=receiver_node,
+        received_at=received_at,
+        envelope_sha256=envelope_sha256,
+    )
+    return sign_receipts(signer, receiver_node, [body])[0]
+
+
+def audit_paths(leaves: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
+    """The RFC 6962 root of ``leaves`` (leaf hashes) and every leaf's audit path, leaf level
+    first, in O(n log n) hashes (``merkle.inclusion_proof`` for each leaf would be O(n²))."""
+    paths: list[list[bytes]] = [[] for _ in leaves]
+
+    def subtree(lo: int, hi: int) -> bytes:
+        if hi - lo == 1:
+            return leaves[lo]
+        k = 1 << ((hi - lo - 1).bit_length() - 1)  # largest power of two below hi - lo
+        left, right = subtree(lo, lo + k), subtree(lo + k, hi)
+        for i in range(lo, lo + k):
+            paths[i].append(right)
+        for i in range(lo + k, hi):
+            paths[i].append(left)
+        return node_hash(left, right)
+
+    if not leaves:
+        raise ValueError("a batch has at least one receipt")
+    return subtree(0, len(leaves)), paths
+
+
+def sign_receipts(signer: Signer, receiver_node: str, bodies: list[bytes]) -> list[bytes]:
+    """Sign the receipt bodies of one transaction; returns each Receipt's bytes, in order.
+
+    One body gets a receipt of its own (``CTX_RECEIPT`` over the body). Several share one
+    signature (docs/PROTOCOL.md §7.5): over ``CTX_RECEIPT_BATCH`` and a ReceiptBatchHead that
+    holds the RFC 6962 root of their leaf hashes; each receipt carries the head and its audit
+    path, so it can be checked alone, years later, like any other receipt.
+    """
+    if len(bodies) == 1:
+        body = bodies[0]
+        return [
+            envelope_pb2.Receipt(
+                body=body, signature=signer.sign(CTX_RECEIPT, body)
+            ).SerializeToString(deterministic=True)
+        ]
+    root, paths = audit_paths([leaf_hash(b) for b in bodies])
+    head = envelope_pb2.ReceiptBatchHead(
+        version=PROTOCOL_VERSION,
+        receiver_node=receiver_node,
+        signing_key_id=signer.key_id,
+        tree_size=len(bodies),
+        root_hash=root,
     ).SerializeToString(deterministic=True)
+    signature = signer.sign(CTX_RECEIPT_BATCH, head)
+    return [
+        envelope_pb2.Receipt(
+            body=body,
+            signature=signature,
+            batch=envelope_pb2.ReceiptBatchProof(head=head, leaf_index=i, inclusion_path=path),
+        ).SerializeToString(deterministic=True)
+        for i, (body, path) in enumerate(zip(bodies, paths, strict=True))
+    ]
+
+
+#: (head bytes, signature) pairs whose batch signature verified. The head names the signing
+#: key id (a certificate fingerprint), and callers resolve the key from that id, so a pair that
+#: verified once always verifies; the validity and revocation of the key at the time asked
+#: about is checked by the caller every time, before this. Bounded; oldest out first.
+_VERIFIED_HEADS: dict[tuple[bytes, bytes], None] = {}
+_VERIFIED_HEADS_MAX = 1024
+
+
+def check_receipt_signature(
+    receipt: envelope_pb2.Receipt,
+    body: envelope_pb2.ReceiptBody,
+    public_key: ec.EllipticCurvePublicKey,
+) -> None:
+    """Check that ``public_key`` signed ``receipt.body``, alone or in a batch (§7.5).
+
+    ``public_key`` must be the key of ``body.signing_key_id``. Raises VerificationError:
+    ``BAD_SIGNATURE`` (no valid signature covers the body), ``MALFORMED``,
+    ``UNSUPPORTED_VERSION`` or ``RECEIPT_SIGNER_MISMATCH`` (the head names another signer).
+    """
+    if not receipt.HasField("batch"):
+        verify(public_key, receipt.signature, CTX_RECEIPT, receipt.body, what="receipt signature")
+        return
+    proof = receipt.batch
+    head = envelope_pb2.ReceiptBatchHead()
+    _parse(head, proof.head, "receipt batch head")
+    if head.version != PROTOCOL_VERSION:
+        raise VerificationError(
+            f"receipt batch version {head.version} is not supported", reason="UNSUPPORTED_VERSION"
+        )
+    if head.signing_key_id != body.signing_key_id or head.receiver_node != body.receiver_node:
+        raise VerificationError(
+            "receipt batch head names another signer than its receipt",
+            reason="RECEIPT_SIGNER_MISMATCH",
+        )
+    if head.tree_size < 2:
+        raise VerificationError("a receipt batch has at least 2 receipts", reason="MALFORMED")
+    try:
+        verify_inclusion(
+            leaf_hash(receipt.body),
+            proof.leaf_index,
+            head.tree_size,
+            list(proof.inclusion_path),
+            head.root_hash,
+        )
+    except VerificationError as e:
+        raise VerificationError(
+            f"receipt is not in its signed batch: {e}", reason="BAD_SIGNATURE"
+        ) from e
+    seen = (proof.head, receipt.signature)
+    if seen in _VERIFIED_HEADS:
+        return
+    verify(public_key, receipt.signature, CTX_RECEIPT_BATCH, proof.head, what="receipt signature")
+    if len(_VERIFIED_HEADS) >= _VERIFIED_HEADS_MAX:
+        del _VERIFIED_HEADS[next(iter(_VERIFIED_HEADS))]
+    _VERIFIED_HEADS[seen] = None
 
 
 @dataclass(frozen=True)
@@ -296,7 +426,7 @@ def verify_receipt(
             f"expected {expected_receiver}",
             reason="RECEIPT_SIGNER_MISMATCH",
         )
-    verify(key.public_key, receipt.signature, CTX_RECEIPT, receipt.body, what="receipt signature")
+    check_receipt_signature(receipt, body, key.public_key)
     try:
         received = to_datetime(body.received_at)
     except (ValueError, OverflowError) as e:

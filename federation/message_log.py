@@ -17,7 +17,8 @@ from cryptography import x509
 from google.protobuf.message import DecodeError
 
 from cccfed.v1 import envelope_pb2, log_pb2, manifest_pb2
-from federation.crypto import CTX_ENVELOPE, CTX_RECEIPT, ec_public_key, sha256, verify
+from federation.crypto import CTX_ENVELOPE, ec_public_key, sha256, verify
+from federation.envelope import check_receipt_signature
 from federation.errors import VerificationError
 from federation.manifest import KeyInfo, load_manifest
 from federation.timestamps import set_datetime
@@ -149,7 +150,7 @@ def verify_receipt_signature(data: bytes, ring: Keyring, at: datetime) -> envelo
     except DecodeError as e:
         raise VerificationError("receipt is malformed", reason="MALFORMED") from e
     key = ring.check(body.signing_key_id, body.receiver_node, at)
-    verify(ec_public_key(key.cert), receipt.signature, CTX_RECEIPT, receipt.body)
+    check_receipt_signature(receipt, body, ec_public_key(key.cert))
     return body
 
 

@@ -176,7 +176,8 @@ class PeerPool:
             items=[
                 federation_pb2.BatchItem(service=SERVICE_NAMES[service], envelope=envelope)
                 for service, envelope in items
-            ]
+            ],
+            batch_receipts=True,  # verify_receipt checks them (docs/PROTOCOL.md §7.5)
         )
         try:
             raw: bytes = await call(

@@ -32,7 +32,7 @@ from federation.errors import ConfigError, FederationError
 from node.client import server_options
 from node.faults import failpoint
 from node.status import code_for, error_trailers
-from node.store.ops import inbox_accept
+from node.store.ops import PendingReceipt, inbox_accept
 
 if TYPE_CHECKING:
     from node.runtime import Node
@@ -163,12 +163,20 @@ def _open(node: Node, service: str, raw: bytes, peer: str) -> Opened:
     )
 
 
-def _inbox_job(node: Node, opened: Opened) -> Callable[[Connection], bytes]:
+def _inbox_job(
+    node: Node, opened: Opened, *, batch: bool = False
+) -> Callable[[Connection], bytes | PendingReceipt]:
     apply = node.handler_for(opened.kind)
 
-    def job(s: Connection) -> bytes:
+    def job(s: Connection) -> bytes | PendingReceipt:
         return inbox_accept(
-            s, opened, signer=node.signer, self_node=node.code, now=node.clock(), apply=apply
+            s,
+            opened,
+            signer=node.signer,
+            self_node=node.code,
+            now=node.clock(),
+            apply=apply,
+            batch=batch,
         )
 
     return job
@@ -202,7 +210,8 @@ async def accept_envelope(node: Node, service: str, raw: bytes, peer: str) -> by
     try:
         opened = _open(node, service, raw, peer)
         message_id = opened.message_id
-        receipt: bytes = await node.writer.run(_inbox_job(node, opened))
+        result = await node.writer.run(_inbox_job(node, opened))
+        receipt = result.receipt if isinstance(result, PendingReceipt) else result
     except FederationError as e:
         return await _refused(node, e, raw, peer, message_id)
     failpoint("after_receive_commit")
@@ -211,14 +220,16 @@ async def accept_envelope(node: Node, service: str, raw: bytes, peer: str) -> by
 
 
 async def accept_envelopes(
-    node: Node, items: list[tuple[str, bytes]], peer: str
+    node: Node, items: list[tuple[str, bytes]], peer: str, *, batch_receipts: bool = False
 ) -> list[bytes | FederationError]:
     """:func:`accept_envelope` for several (full gRPC service name, envelope) items at once.
 
     Each item gets exactly the outcome it would get alone: its receipt, or its refusal. The
     accepted ones go to the store writer together, so they share one transaction and one
-    fsync (a failing one is re-run alone by the writer and fails alone); each receipt is signed
-    inside its own job, after the checks, and answered only after the commit.
+    fsync (a failing one is re-run alone by the writer and fails alone); every receipt is
+    signed after the checks, before the commit, and answered only after the commit. With
+    ``batch_receipts`` (the sender said it verifies them), the receipts of the messages
+    committed together share one signature (docs/PROTOCOL.md §7.5); else each is signed alone.
     """
     out: list[bytes | FederationError | None] = [None] * len(items)
     opened: list[tuple[int, Opened]] = []
@@ -235,7 +246,9 @@ async def accept_envelopes(
             opened.append((i, _open(node, service, raw, peer)))
         except FederationError as e:
             failed.append((i, e, ""))
-    results = await node.writer.run_many([_inbox_job(node, o) for _, o in opened])
+    results = await node.writer.run_many(
+        [_inbox_job(node, o, batch=batch_receipts) for _, o in opened]
+    )
     for (i, o), result in zip(opened, results, strict=True):
         if isinstance(result, FederationError):
             failed.append((i, result, o.message_id))
@@ -244,7 +257,7 @@ async def accept_envelopes(
         else:
             failpoint("after_receive_commit")
             node.on_received(o)
-            out[i] = result
+            out[i] = result.receipt if isinstance(result, PendingReceipt) else result
     for i, err, message_id in failed:
         try:
             out[i] = await _refused(node, err, items[i][1], peer, message_id)
@@ -304,6 +317,7 @@ class BatchIntake:
             node,
             [(item.service, item.envelope) for item in request.items],
             peer,
+            batch_receipts=request.batch_receipts,
         )
         outcomes = [
             federation_pb2.BatchOutcome(receipt=r)

@@ -25,23 +25,27 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x63\x63\x66\x65\x64/v1/envelope.proto\x12\tcccfed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\">\n\x08\x45nvelope\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\x91\x02\n\x06Header\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x13\n\x0bsender_node\x18\x05 \x01(\t\x12\x15\n\rsender_bureau\x18\x06 \x01(\t\x12\x16\n\x0erecipient_node\x18\x07 \x01(\t\x12\x18\n\x10recipient_bureau\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0esigning_key_id\x18\n \x01(\t\x12\x16\n\x0epayload_sha256\x18\x0b \x01(\x0c\"*\n\x07Receipt\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x81\x02\n\x0bReceiptBody\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x15\n\rheader_sha256\x18\x03 \x01(\x0c\x12\x17\n\x0f\x65nvelope_sha256\x18\x04 \x01(\x0c\x12\x15\n\rreceiver_node\x18\x05 \x01(\t\x12\x13\n\x0bsender_node\x18\x06 \x01(\t\x12/\n\x0breceived_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0esigning_key_id\x18\x08 \x01(\t\x12(\n\x06status\x18\t \x01(\x0e\x32\x18.cccfed.v1.ReceiptStatus\"B\n\x0b\x45rrorDetail\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t*L\n\rReceiptStatus\x12\x1e\n\x1aRECEIPT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RECEIPT_STATUS_ACCEPTED\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x63\x63\x66\x65\x64/v1/envelope.proto\x12\tcccfed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\">\n\x08\x45nvelope\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\x91\x02\n\x06Header\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x13\n\x0bsender_node\x18\x05 \x01(\t\x12\x15\n\rsender_bureau\x18\x06 \x01(\t\x12\x16\n\x0erecipient_node\x18\x07 \x01(\t\x12\x18\n\x10recipient_bureau\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0esigning_key_id\x18\n \x01(\t\x12\x16\n\x0epayload_sha256\x18\x0b \x01(\x0c\"W\n\x07Receipt\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12+\n\x05\x62\x61tch\x18\x03 \x01(\x0b\x32\x1c.cccfed.v1.ReceiptBatchProof\"x\n\x10ReceiptBatchHead\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x15\n\rreceiver_node\x18\x02 \x01(\t\x12\x16\n\x0esigning_key_id\x18\x03 \x01(\t\x12\x11\n\ttree_size\x18\x04 \x01(\x04\x12\x11\n\troot_hash\x18\x05 \x01(\x0c\"M\n\x11ReceiptBatchProof\x12\x0c\n\x04head\x18\x01 \x01(\x0c\x12\x12\n\nleaf_index\x18\x02 \x01(\x04\x12\x16\n\x0einclusion_path\x18\x03 \x03(\x0c\"\x81\x02\n\x0bReceiptBody\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x15\n\rheader_sha256\x18\x03 \x01(\x0c\x12\x17\n\x0f\x65nvelope_sha256\x18\x04 \x01(\x0c\x12\x15\n\rreceiver_node\x18\x05 \x01(\t\x12\x13\n\x0bsender_node\x18\x06 \x01(\t\x12/\n\x0breceived_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0esigning_key_id\x18\x08 \x01(\t\x12(\n\x06status\x18\t \x01(\x0e\x32\x18.cccfed.v1.ReceiptStatus\"B\n\x0b\x45rrorDetail\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t*L\n\rReceiptStatus\x12\x1e\n\x1aRECEIPT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RECEIPT_STATUS_ACCEPTED\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cccfed.v1.envelope_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECEIPTSTATUS']._serialized_start=784
-  _globals['_RECEIPTSTATUS']._serialized_end=860
+  _globals['_RECEIPTSTATUS']._serialized_start=1030
+  _globals['_RECEIPTSTATUS']._serialized_end=1106
   _globals['_ENVELOPE']._serialized_start=72
   _globals['_ENVELOPE']._serialized_end=134
   _globals['_HEADER']._serialized_start=137
   _globals['_HEADER']._serialized_end=410
   _globals['_RECEIPT']._serialized_start=412
-  _globals['_RECEIPT']._serialized_end=454
-  _globals['_RECEIPTBODY']._serialized_start=457
-  _globals['_RECEIPTBODY']._serialized_end=714
-  _globals['_ERRORDETAIL']._serialized_start=716
-  _globals['_ERRORDETAIL']._serialized_end=782
+  _globals['_RECEIPT']._serialized_end=499
+  _globals['_RECEIPTBATCHHEAD']._serialized_start=501
+  _globals['_RECEIPTBATCHHEAD']._serialized_end=621
+  _globals['_RECEIPTBATCHPROOF']._serialized_start=623
+  _globals['_RECEIPTBATCHPROOF']._serialized_end=700
+  _globals['_RECEIPTBODY']._serialized_start=703
+  _globals['_RECEIPTBODY']._serialized_end=960
+  _globals['_ERRORDETAIL']._serialized_start=962
+  _globals['_ERRORDETAIL']._serialized_end=1028
 # @@protoc_insertion_point(module_scope)

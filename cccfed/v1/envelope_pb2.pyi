@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -134,29 +136,105 @@ Global___Header: _TypeAlias = Header  # noqa: Y015
 @_typing.final
 class Receipt(_message.Message):
     """The receiver's signed acknowledgement that it has durably stored a message.
-    The signature covers "cccfed.v1.receipt\\x00" || body.
+    Without `batch`, the signature covers "cccfed.v1.receipt\\x00" || body. With `batch` (one
+    signature for the receipts of one receiver transaction, docs/PROTOCOL.md §7.5), it covers
+    "cccfed.v1.receipt-batch\\x00" || batch.head, and batch proves that body is one of the leaves.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     BODY_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     body: _builtins.bytes
     """A serialized ReceiptBody."""
     signature: _builtins.bytes
+    @_builtins.property
+    def batch(self) -> Global___ReceiptBatchProof: ...
     def __init__(
         self,
         *,
         body: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
+        batch: Global___ReceiptBatchProof | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Receipt: _TypeAlias = Receipt  # noqa: Y015
+
+@_typing.final
+class ReceiptBatchHead(_message.Message):
+    """What a batch signature covers: the RFC 6962 tree of the receipt bodies committed together."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    RECEIVER_NODE_FIELD_NUMBER: _builtins.int
+    SIGNING_KEY_ID_FIELD_NUMBER: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    ROOT_HASH_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """Protocol version; 1."""
+    receiver_node: _builtins.str
+    """The receiving node that signed; equal to each body's receiver_node."""
+    signing_key_id: _builtins.str
+    """Key id of the signing certificate; equal to each body's signing_key_id."""
+    tree_size: _builtins.int
+    """Number of receipt bodies (leaves), at least 2."""
+    root_hash: _builtins.bytes
+    """RFC 6962 root over the leaf hashes SHA-256(0x00 || body) of the bodies, in order."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        receiver_node: _builtins.str = ...,
+        signing_key_id: _builtins.str = ...,
+        tree_size: _builtins.int = ...,
+        root_hash: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["receiver_node", b"receiver_node", "root_hash", b"root_hash", "signing_key_id", b"signing_key_id", "tree_size", b"tree_size", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiptBatchHead: _TypeAlias = ReceiptBatchHead  # noqa: Y015
+
+@_typing.final
+class ReceiptBatchProof(_message.Message):
+    """Where one receipt body sits in a signed ReceiptBatchHead."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    LEAF_INDEX_FIELD_NUMBER: _builtins.int
+    INCLUSION_PATH_FIELD_NUMBER: _builtins.int
+    head: _builtins.bytes
+    """A serialized ReceiptBatchHead, exactly the bytes signed."""
+    leaf_index: _builtins.int
+    """This body's leaf index, 0 to tree_size - 1."""
+    @_builtins.property
+    def inclusion_path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """RFC 6962 audit path from the leaf to the root, leaf level first."""
+
+    def __init__(
+        self,
+        *,
+        head: _builtins.bytes = ...,
+        leaf_index: _builtins.int = ...,
+        inclusion_path: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "inclusion_path", b"inclusion_path", "leaf_index", b"leaf_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiptBatchProof: _TypeAlias = ReceiptBatchProof  # noqa: Y015
 
 @_typing.final
 class ReceiptBody(_message.Message):

@@ -26,7 +26,7 @@ from cccfed.v1 import envelope_pb2 as cccfed_dot_v1_dot_envelope__pb2
 from cccfed.v1 import manifest_pb2 as cccfed_dot_v1_dot_manifest__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x63\x63\x66\x65\x64/v1/federation.proto\x12\tcccfed.v1\x1a\x18\x63\x63\x63\x66\x65\x64/v1/envelope.proto\x1a\x18\x63\x63\x63\x66\x65\x64/v1/manifest.proto\":\n\x13\x44\x65liverBatchRequest\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.cccfed.v1.BatchItem\".\n\tBatchItem\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\"A\n\x14\x44\x65liverBatchResponse\x12)\n\x08outcomes\x18\x01 \x03(\x0b\x32\x17.cccfed.v1.BatchOutcome\"T\n\x0c\x42\x61tchOutcome\x12\x11\n\x07receipt\x18\x01 \x01(\x0cH\x00\x12&\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x15.cccfed.v1.BatchErrorH\x00\x42\t\n\x07outcome\"O\n\nBatchError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x12\n\nmessage_id\x18\x04 \x01(\t\"\x14\n\x04Ping\x12\x0c\n\x04note\x18\x01 \x01(\t\"*\n\x12GetManifestRequest\x12\x14\n\x0cknown_serial\x18\x01 \x01(\x04\x32\xde\x01\n\x11\x46\x65\x64\x65rationService\x12/\n\x04Ping\x12\x13.cccfed.v1.Envelope\x1a\x12.cccfed.v1.Receipt\x12G\n\x0bGetManifest\x12\x1d.cccfed.v1.GetManifestRequest\x1a\x19.cccfed.v1.SignedManifest\x12O\n\x0c\x44\x65liverBatch\x12\x1e.cccfed.v1.DeliverBatchRequest\x1a\x1f.cccfed.v1.DeliverBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x63\x63\x66\x65\x64/v1/federation.proto\x12\tcccfed.v1\x1a\x18\x63\x63\x63\x66\x65\x64/v1/envelope.proto\x1a\x18\x63\x63\x63\x66\x65\x64/v1/manifest.proto\"R\n\x13\x44\x65liverBatchRequest\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.cccfed.v1.BatchItem\x12\x16\n\x0e\x62\x61tch_receipts\x18\x02 \x01(\x08\".\n\tBatchItem\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\"A\n\x14\x44\x65liverBatchResponse\x12)\n\x08outcomes\x18\x01 \x03(\x0b\x32\x17.cccfed.v1.BatchOutcome\"T\n\x0c\x42\x61tchOutcome\x12\x11\n\x07receipt\x18\x01 \x01(\x0cH\x00\x12&\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x15.cccfed.v1.BatchErrorH\x00\x42\t\n\x07outcome\"O\n\nBatchError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x12\n\nmessage_id\x18\x04 \x01(\t\"\x14\n\x04Ping\x12\x0c\n\x04note\x18\x01 \x01(\t\"*\n\x12GetManifestRequest\x12\x14\n\x0cknown_serial\x18\x01 \x01(\x04\x32\xde\x01\n\x11\x46\x65\x64\x65rationService\x12/\n\x04Ping\x12\x13.cccfed.v1.Envelope\x1a\x12.cccfed.v1.Receipt\x12G\n\x0bGetManifest\x12\x1d.cccfed.v1.GetManifestRequest\x1a\x19.cccfed.v1.SignedManifest\x12O\n\x0c\x44\x65liverBatch\x12\x1e.cccfed.v1.DeliverBatchRequest\x1a\x1f.cccfed.v1.DeliverBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,19 +34,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cccfed.v1.federation_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DELIVERBATCHREQUEST']._serialized_start=93
-  _globals['_DELIVERBATCHREQUEST']._serialized_end=151
-  _globals['_BATCHITEM']._serialized_start=153
-  _globals['_BATCHITEM']._serialized_end=199
-  _globals['_DELIVERBATCHRESPONSE']._serialized_start=201
-  _globals['_DELIVERBATCHRESPONSE']._serialized_end=266
-  _globals['_BATCHOUTCOME']._serialized_start=268
-  _globals['_BATCHOUTCOME']._serialized_end=352
-  _globals['_BATCHERROR']._serialized_start=354
-  _globals['_BATCHERROR']._serialized_end=433
-  _globals['_PING']._serialized_start=435
-  _globals['_PING']._serialized_end=455
-  _globals['_GETMANIFESTREQUEST']._serialized_start=457
-  _globals['_GETMANIFESTREQUEST']._serialized_end=499
-  _globals['_FEDERATIONSERVICE']._serialized_start=502
-  _globals['_FEDERATIONSERVICE']._serialized_end=724
+  _globals['_DELIVERBATCHREQUEST']._serialized_end=175
+  _globals['_BATCHITEM']._serialized_start=177
+  _globals['_BATCHITEM']._serialized_end=223
+  _globals['_DELIVERBATCHRESPONSE']._serialized_start=225
+  _globals['_DELIVERBATCHRESPONSE']._serialized_end=290
+  _globals['_BATCHOUTCOME']._serialized_start=292
+  _globals['_BATCHOUTCOME']._serialized_end=376
+  _globals['_BATCHERROR']._serialized_start=378
+  _globals['_BATCHERROR']._serialized_end=457
+  _globals['_PING']._serialized_start=459
+  _globals['_PING']._serialized_end=479
+  _globals['_GETMANIFESTREQUEST']._serialized_start=481
+  _globals['_GETMANIFESTREQUEST']._serialized_end=523
+  _globals['_FEDERATIONSERVICE']._serialized_start=526
+  _globals['_FEDERATIONSERVICE']._serialized_end=748
 # @@protoc_insertion_point(module_scope)

@@ -23,16 +23,22 @@ class DeliverBatchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
+    BATCH_RECEIPTS_FIELD_NUMBER: _builtins.int
+    batch_receipts: _builtins.bool
+    """The sender verifies batch-signed receipts (docs/PROTOCOL.md §7.5): the receiver may answer
+    the items it commits together with receipts under one signature. Unset: one signature each.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchItem]: ...
     def __init__(
         self,
         *,
         items: _abc.Iterable[Global___BatchItem] | None = ...,
+        batch_receipts: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_receipts", b"batch_receipts", "items", b"items"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

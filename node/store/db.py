@@ -51,11 +51,14 @@ def _guard_log_buffer(engine: Engine) -> None:
         # Message-log records are buffered per transaction; committing without writing them
         # would lose them silently, so it is refused.
         if pending_log(conn):
-            raise StoreError("commit with unwritten message-log records (call flush_log first)")
+            raise StoreError(
+                "commit with unwritten message-log records or receipts (call flush_log first)"
+            )
 
     @event.listens_for(engine, "rollback")
     def _on_rollback(conn: Connection) -> None:
         conn.info.pop("cccfed_log", None)
+        conn.info.pop("cccfed_receipts", None)
 
 
 def make_engine(url: str) -> Engine:

@@ -11,14 +11,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal, overload
 
 from sqlalchemy import and_, bindparam, exists, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from federation import message_log as mlog
 from federation.crypto import Signer, sha256
-from federation.envelope import Opened, make_receipt
+from federation.envelope import Opened, make_receipt, receipt_body, sign_receipts
 from federation.errors import FederationError, VerificationError
 from node.store.models import Inbox, LogHead, ManifestHistory, MessageLog, Outbox, UTCDateTime
 
@@ -169,7 +169,9 @@ def append_log(
 
 
 def flush_log(s: Connection) -> None:
-    """Write the buffered records and move the head, inside the still-open transaction."""
+    """Sign and store the transaction's batch receipts (:func:`inbox_accept` with ``batch``),
+    then write the buffered log records and move the head, inside the still-open transaction."""
+    _flush_receipts(s)
     buf = s.info.pop("cccfed_log", None)
     if buf is None or not buf.rows or buf.transaction is not s.get_transaction():
         return
@@ -179,13 +181,111 @@ def flush_log(s: Connection) -> None:
 
 
 def pending_log(s: Connection) -> bool:
+    """Whether the open transaction holds log records or receipts not yet written."""
+    tx = s.get_transaction()
     buf = s.info.get("cccfed_log")
-    return bool(buf is not None and buf.rows and buf.transaction is s.get_transaction())
+    receipts = s.info.get("cccfed_receipts")
+    return bool(
+        (buf is not None and buf.rows and buf.transaction is tx)
+        or (receipts is not None and receipts.items and receipts.transaction is tx)
+    )
+
+
+@dataclass(eq=False)
+class PendingReceipt:
+    """A received message whose receipt is signed just before its transaction commits,
+    together with the others of that transaction (one signature, docs/PROTOCOL.md §7.5).
+
+    :func:`inbox_accept` returns it; ``receipt`` holds the signed bytes once the transaction
+    is flushed, that is before its commit, so a caller told of the commit can read them.
+    """
+
+    opened: Opened
+    digest: bytes
+    at: datetime
+    receipt: bytes = b""
+
+
+@dataclass
+class _ReceiptBuffer:
+    transaction: object
+    signer: Signer
+    receiver: str
+    items: list[PendingReceipt]
+    by_id: dict[str, PendingReceipt]
+
+
+def _flush_receipts(s: Connection) -> None:
+    buf = s.info.pop("cccfed_receipts", None)
+    if buf is None or not buf.items or buf.transaction is not s.get_transaction():
+        return
+    bodies = [
+        receipt_body(
+            buf.signer,
+            p.opened,
+            receiver_node=buf.receiver,
+            received_at=p.at,
+            envelope_sha256=p.digest,
+        )
+        for p in buf.items
+    ]
+    rows = []
+    for p, receipt in zip(buf.items, sign_receipts(buf.signer, buf.receiver, bodies), strict=True):
+        p.receipt = receipt
+        rows.append(
+            {
+                "message_id": p.opened.message_id,
+                "sender_node": p.opened.header.sender_node,
+                "kind": p.opened.kind,
+                "envelope_sha256": p.digest,
+                "envelope": p.opened.envelope_bytes,
+                "receipt": receipt,
+                "received_at": _ts(s, p.at),
+            }
+        )
+    cur = s.connection.cursor()
+    cur.executemany(_INBOX_INSERT.postgresql if _pg(s) else _INBOX_INSERT.sqlite, rows)
+    for p in buf.items:
+        append_log(
+            s,
+            direction=mlog.SENT,
+            rtype=mlog.RECEIPT,
+            message_id=p.opened.message_id,
+            peer_node=p.opened.header.sender_node,
+            data=p.receipt,
+            at=p.at,
+        )
 
 
 # --- inbox -------------------------------------------------------------------------------------
 
 Apply = Callable[[Connection, Opened, datetime], None]
+
+
+@overload
+def inbox_accept(
+    s: Connection,
+    opened: Opened,
+    *,
+    signer: Signer,
+    self_node: str,
+    now: datetime,
+    apply: Apply | None = None,
+    batch: Literal[False] = False,
+) -> bytes: ...
+
+
+@overload
+def inbox_accept(
+    s: Connection,
+    opened: Opened,
+    *,
+    signer: Signer,
+    self_node: str,
+    now: datetime,
+    apply: Apply | None = None,
+    batch: bool,
+) -> bytes | PendingReceipt: ...
 
 
 def inbox_accept(
@@ -196,23 +296,57 @@ def inbox_accept(
     self_node: str,
     now: datetime,
     apply: Apply | None = None,
-) -> bytes:
+    batch: bool = False,
+) -> bytes | PendingReceipt:
     """Apply a verified envelope once and return its signed receipt.
 
     A redelivery with the same bytes returns the original receipt and changes nothing; the same
     message id with other bytes is refused (DUPLICATE_CONFLICT).
+
+    With ``batch``, the receipt is signed by :func:`flush_log` just before the commit, with the
+    other batch receipts of the transaction under one signature (docs/PROTOCOL.md §7.5), and
+    the inbox row is written then too: this returns a :class:`PendingReceipt`. Only messages
+    accepted here get a leaf: a refused one never appears in a signed batch.
     """
     digest = sha256(opened.envelope_bytes)
+    sender = opened.header.sender_node
     row = _run(s, _INBOX_FIND, {"mid": opened.message_id}).fetchone()
     if row is not None:
-        original = _exact_receipt(row, digest, opened.header.sender_node)
+        original = _exact_receipt(row, digest, sender)
         if original is not None:
             return original
         raise DuplicateConflict(
             f"message {opened.message_id} was already received with different content"
         )
+    buf: _ReceiptBuffer | None = None
+    if batch:
+        buf = s.info.get("cccfed_receipts")
+        if buf is None or buf.transaction is not s.get_transaction():
+            buf = _ReceiptBuffer(s.get_transaction(), signer, self_node, [], {})
+            s.info["cccfed_receipts"] = buf
+        earlier = buf.by_id.get(opened.message_id)  # accepted in this transaction, not stored yet
+        if earlier is not None:
+            if earlier.digest == digest and earlier.opened.header.sender_node == sender:
+                return earlier
+            raise DuplicateConflict(
+                f"message {opened.message_id} was already received with different content"
+            )
     if apply is not None:
         apply(s, opened, now)
+    if buf is not None:
+        pending = PendingReceipt(opened, digest, now)
+        buf.items.append(pending)
+        buf.by_id[opened.message_id] = pending
+        append_log(
+            s,
+            direction=mlog.RECEIVED,
+            rtype=mlog.ENVELOPE,
+            message_id=opened.message_id,
+            peer_node=sender,
+            data=opened.envelope_bytes,
+            at=now,
+        )
+        return pending
     receipt = make_receipt(
         signer, opened, receiver_node=self_node, received_at=now, envelope_sha256=digest
     )

@@ -24,10 +24,11 @@ from cccfed.v1 import envelope_pb2, federation_pb2
 from federation.crypto import CTX_ENVELOPE
 from federation.envelope import header_of, verify_receipt
 from node.client import channel_options
+from node.logbundle import verify_store
 from node.runtime import Node
 from node.server import EnvelopeIntake, PeerIdentityInterceptor
 from node.status import RemoteError
-from node.store.ops import OUTBOX
+from node.store.ops import INBOX, OUTBOX
 from tests.grpc.conftest import (
     AH,
     JS,
@@ -57,9 +58,10 @@ def cluster(fed: Federation, runner: LoopRunner) -> Iterator[Cluster]:
         yield c
 
 
-def batch(*items: tuple[str, bytes]) -> bytes:
+def batch(*items: tuple[str, bytes], batch_receipts: bool = False) -> bytes:
     return federation_pb2.DeliverBatchRequest(
-        items=[federation_pb2.BatchItem(service=s, envelope=e) for s, e in items]
+        items=[federation_pb2.BatchItem(service=s, envelope=e) for s, e in items],
+        batch_receipts=batch_receipts,
     ).SerializeToString()
 
 
@@ -144,6 +146,97 @@ def test_same_id_other_bytes_in_a_batch_is_a_duplicate_conflict(
     assert out[0].WhichOneof("outcome") == "receipt"
     assert refusal(out[1]) == (C.ALREADY_EXISTS, "DUPLICATE_CONFLICT")
     assert out[1].error.message_id == mid
+
+
+def test_batch_receipts_share_one_signature_and_cover_only_accepted_items(
+    cluster: Cluster, fed: Federation
+) -> None:
+    """A sender that asks for them gets the receipts of the items committed together under one
+    signature (PROTOCOL.md §7.5); refused items have no leaf in the signed tree."""
+    node = cluster[SH]
+    signer = fed.signer(JS)
+    good = [ping_envelope(signer, JS, SH, note=f"b{i}") for i in range(4)]
+    tampered = envelope_pb2.Envelope.FromString(ping_envelope(signer, JS, SH))
+    tampered.signature = signer.sign(CTX_ENVELOPE, tampered.header + b"!")
+    items = [(FED_SERVICE, e) for e in good[:2]]
+    items += [(FED_SERVICE, b"\xff\xff"), (FED_SERVICE, tampered.SerializeToString())]
+    items += [(FED_SERVICE, e) for e in good[2:]]
+    out = answer(cluster.call(SH, batch(*items, batch_receipts=True), method=BATCH))
+
+    assert refusal(out[2]) == (C.INVALID_ARGUMENT, "MALFORMED")
+    assert refusal(out[3]) == (C.INVALID_ARGUMENT, "BAD_SIGNATURE")
+    receipts = [out[i].receipt for i in (0, 1, 4, 5)]
+    proofs = [envelope_pb2.Receipt.FromString(r) for r in receipts]
+    assert all(p.HasField("batch") for p in proofs)
+    assert len({p.batch.head for p in proofs}) == 1 and len({p.signature for p in proofs}) == 1
+    head = envelope_pb2.ReceiptBatchHead.FromString(proofs[0].batch.head)
+    assert head.tree_size == 4 and head.receiver_node == SH  # the four accepted, no more
+    assert sorted(p.batch.leaf_index for p in proofs) == [0, 1, 2, 3]
+    for r, env in zip(receipts, good, strict=True):
+        verify_receipt(r, env, fed.trusted(), expected_receiver=SH, at=utcnow())
+    with node.engine.connect() as conn:
+        mids = [header_of(e).message_id for e in good]
+        q = select(INBOX.c.message_id, INBOX.c.receipt).where(INBOX.c.message_id.in_(mids))
+        stored = {str(m): bytes(r) for m, r in conn.execute(q)}
+    assert [stored[m] for m in mids] == receipts  # what was answered is what is kept
+    assert verify_store(node.engine, node.ca, node.code).receipts > 0  # log verify passes
+    # A redelivery gets the same batch receipts back, whatever it asks for.
+    again = answer(cluster.call(SH, batch(*((FED_SERVICE, e) for e in good)), method=BATCH))
+    assert [o.receipt for o in again] == receipts
+
+
+def test_a_conflict_found_in_the_store_leaves_no_leaf_for_it(
+    cluster: Cluster, fed: Federation
+) -> None:
+    """A refusal found while storing (here the same id with other bytes, in one transaction)
+    makes the writer run each item alone: the conflicting message is in no signed tree, and
+    the others keep receipts that verify."""
+    signer = fed.signer(JS)
+    first = ping_envelope(signer, JS, SH, note="first")
+    other = ping_envelope(signer, JS, SH, note="other")
+    conflict = ping_envelope(signer, JS, SH, message_id=header_of(first).message_id, note="x")
+    req = batch(
+        (FED_SERVICE, first), (FED_SERVICE, other), (FED_SERVICE, conflict), batch_receipts=True
+    )
+    out = answer(cluster.call(SH, req, method=BATCH))
+    assert refusal(out[2]) == (C.ALREADY_EXISTS, "DUPLICATE_CONFLICT")
+    for o, env in ((out[0], first), (out[1], other)):
+        verify_receipt(o.receipt, env, fed.trusted(), expected_receiver=SH, at=utcnow())
+        r = envelope_pb2.Receipt.FromString(o.receipt)
+        if r.HasField("batch"):
+            assert envelope_pb2.ReceiptBatchHead.FromString(r.batch.head).tree_size <= 2
+
+
+def test_without_the_flag_every_receipt_is_signed_alone(cluster: Cluster, fed: Federation) -> None:
+    envs = [ping_envelope(fed.signer(JS), JS, SH, note=f"a{i}") for i in range(3)]
+    out = answer(cluster.call(SH, batch(*((FED_SERVICE, e) for e in envs)), method=BATCH))
+    for o, env in zip(out, envs, strict=True):
+        assert not envelope_pb2.Receipt.FromString(o.receipt).HasField("batch")
+        verify_receipt(o.receipt, env, fed.trusted(), expected_receiver=SH, at=utcnow())
+    assert len({envelope_pb2.Receipt.FromString(o.receipt).signature for o in out}) == 3
+
+
+def test_the_same_message_twice_in_a_flagged_batch_gets_one_receipt(
+    cluster: Cluster, fed: Federation
+) -> None:
+    """The second copy is a redelivery of a message accepted in the same, uncommitted
+    transaction: it gets the same receipt, and the message is stored once."""
+    node = cluster[SH]
+    env = ping_envelope(fed.signer(JS), JS, SH, note="twice")
+    other = ping_envelope(fed.signer(JS), JS, SH, note="once")
+    before = rows(node.engine)
+    out = answer(
+        cluster.call(
+            SH,
+            batch(
+                (FED_SERVICE, env), (FED_SERVICE, other), (FED_SERVICE, env), batch_receipts=True
+            ),
+            method=BATCH,
+        )
+    )
+    assert out[0].receipt == out[2].receipt
+    verify_receipt(out[2].receipt, env, fed.trusted(), expected_receiver=SH, at=utcnow())
+    assert rows(node.engine) == (before[0] + 2, before[1] + 4)
 
 
 @pytest.mark.parametrize(
