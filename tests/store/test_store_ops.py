@@ -15,7 +15,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from cccfed.v1 import federation_pb2, log_pb2
+from cccfed.v1 import envelope_pb2, federation_pb2, log_pb2
 from federation import message_log as mlog
 from federation.crypto import Signer
 from federation.envelope import (
@@ -43,6 +43,7 @@ from node.store.ops import (
     SENDING,
     DuplicateConflict,
     OutboxError,
+    PendingReceipt,
     append_log,
     inbox_accept,
     outbox_claim,
@@ -438,6 +439,87 @@ def test_inbox_accept_once(
     assert (count(engine, INBOX), count(engine, LOG)) == (1, 2)
     with engine.connect() as conn:
         assert bytes(conn.execute(select(INBOX.c.envelope)).scalar_one()) == received.envelope_bytes
+
+
+def test_inbox_accept_batch_signs_the_transactions_receipts_once_before_commit(
+    engine: Engine,
+    sh: Signer,
+    js: Signer,
+    keyring: mlog.Keyring,
+    trusted_manifest: TrustedManifest,
+    now: datetime,
+) -> None:
+    """``batch=True`` (PROTOCOL.md §7.5): the receipts of one transaction share one signature,
+    are written with their inbox rows just before the commit, and verify alone, on both
+    backends; a message accepted earlier in the same transaction is answered like a redelivery."""
+    got = [
+        open_at(
+            seal(
+                js,
+                sender_node=JS,
+                recipient_node=SH,
+                payload=federation_pb2.Ping(note=f"b{i}"),
+                now=now,
+            ),
+            trusted_manifest,
+            self_node=SH,
+            peer=JS,
+            at=now,
+        )
+        for i in range(3)
+    ]
+    with transaction(engine) as s:
+        pending = [inbox_accept(s, o, signer=sh, self_node=SH, now=now, batch=True) for o in got]
+        assert all(isinstance(p, PendingReceipt) and p.receipt == b"" for p in pending)
+        assert inbox_accept(s, got[1], signer=sh, self_node=SH, now=now, batch=True) is pending[1]
+        conflict = open_at(
+            seal(
+                js,
+                sender_node=JS,
+                recipient_node=SH,
+                payload=federation_pb2.Ping(note="other bytes"),
+                now=now,
+                message_id=got[0].message_id,
+            ),
+            trusted_manifest,
+            self_node=SH,
+            peer=JS,
+            at=now,
+        )
+        with pytest.raises(DuplicateConflict):
+            inbox_accept(s, conflict, signer=sh, self_node=SH, now=now, batch=True)
+    receipts = [p.receipt for p in pending if isinstance(p, PendingReceipt)]
+    assert len({envelope_pb2.Receipt.FromString(r).signature for r in receipts}) == 1
+    for o, r in zip(got, receipts, strict=True):
+        verify_receipt(r, o.envelope_bytes, trusted_manifest, expected_receiver=SH, at=now)
+    with engine.connect() as conn:
+        stored = {
+            str(m): bytes(r) for m, r in conn.execute(select(INBOX.c.message_id, INBOX.c.receipt))
+        }
+    assert stored == {o.message_id: r for o, r in zip(got, receipts, strict=True)}
+    recs = parsed_log(engine)
+    assert [(r.direction, r.type) for r in recs] == [(mlog.RECEIVED, mlog.ENVELOPE)] * 3 + [
+        (mlog.SENT, mlog.RECEIPT)
+    ] * 3
+    assert [r.data for r in recs[3:]] == receipts
+    report = mlog.verify_chain(log_rows(engine), keyring, self_node=SH)
+    assert (report.envelopes, report.receipts) == (3, 3)
+    # Later, a redelivery gets the stored batch receipt; a lone batch job gets a single one.
+    new = open_at(ping(js, JS, SH, now), trusted_manifest, self_node=SH, peer=JS, at=now)
+    with transaction(engine) as s:
+        assert inbox_accept(s, got[2], signer=sh, self_node=SH, now=now, batch=True) == receipts[2]
+        lone = inbox_accept(s, new, signer=sh, self_node=SH, now=now, batch=True)
+    assert isinstance(lone, PendingReceipt)
+    assert not envelope_pb2.Receipt.FromString(lone.receipt).HasField("batch")
+    verify_receipt(lone.receipt, new.envelope_bytes, trusted_manifest, expected_receiver=SH, at=now)
+
+
+def test_a_commit_with_unsigned_batch_receipts_is_refused(
+    engine: Engine, received: Opened, sh: Signer, now: datetime
+) -> None:
+    with pytest.raises(StoreError, match="flush_log"), engine.begin() as s:
+        inbox_accept(s, received, signer=sh, self_node=SH, now=now, batch=True)
+    assert (count(engine, INBOX), count(engine, LOG)) == (0, 0)
 
 
 def test_inbox_apply_runs_in_the_same_transaction(
