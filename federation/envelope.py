@@ -381,7 +381,8 @@ def check_receipt_signature(
         return
     verify(public_key, receipt.signature, CTX_RECEIPT_BATCH, proof.head, what="receipt signature")
     if len(_VERIFIED_HEADS) >= _VERIFIED_HEADS_MAX:
-        del _VERIFIED_HEADS[next(iter(_VERIFIED_HEADS))]
+        # pop with a default: another thread (a CLI verifying logs) may have evicted it first
+        _VERIFIED_HEADS.pop(next(iter(_VERIFIED_HEADS), seen), None)
     _VERIFIED_HEADS[seen] = None
 
 
