@@ -20,7 +20,7 @@ from federation.crypto import CTX_ENVELOPE, CTX_RECEIPT, CTX_RECEIPT_BATCH, Sign
 from federation.errors import VerificationError
 from federation.ids import uuid7
 from federation.manifest import TrustedManifest
-from federation.merkle import leaf_hash, node_hash, verify_inclusion
+from federation.merkle import audit_paths, leaf_hash, verify_inclusion
 from federation.timestamps import set_datetime, to_datetime
 
 PROTOCOL_VERSION = 1
@@ -271,27 +271,6 @@ def make_receipt(
         envelope_sha256=envelope_sha256,
     )
     return sign_receipts(signer, receiver_node, [body])[0]
-
-
-def audit_paths(leaves: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
-    """The RFC 6962 root of ``leaves`` (leaf hashes) and every leaf's audit path, leaf level
-    first, in O(n log n) hashes (``merkle.inclusion_proof`` for each leaf would be O(n²))."""
-    paths: list[list[bytes]] = [[] for _ in leaves]
-
-    def subtree(lo: int, hi: int) -> bytes:
-        if hi - lo == 1:
-            return leaves[lo]
-        k = 1 << ((hi - lo - 1).bit_length() - 1)  # largest power of two below hi - lo
-        left, right = subtree(lo, lo + k), subtree(lo + k, hi)
-        for i in range(lo, lo + k):
-            paths[i].append(right)
-        for i in range(lo + k, hi):
-            paths[i].append(left)
-        return node_hash(left, right)
-
-    if not leaves:
-        raise ValueError("a batch has at least one receipt")
-    return subtree(0, len(leaves)), paths
 
 
 def sign_receipts(signer: Signer, receiver_node: str, bodies: list[bytes]) -> list[bytes]:

@@ -182,6 +182,11 @@ def _inbox_job(
     return job
 
 
+def _receipt_of(result: bytes | PendingReceipt) -> bytes:
+    """The receipt bytes of a committed inbox job (a batch receipt is signed by then)."""
+    return result.receipt if isinstance(result, PendingReceipt) else result
+
+
 async def _refused(node: Node, e: FederationError, raw: bytes, peer: str, message_id: str) -> bytes:
     """A refusal: the original receipt for an exact redelivery refused only for its timing,
     else count and log it and raise :class:`Refused`."""
@@ -210,8 +215,7 @@ async def accept_envelope(node: Node, service: str, raw: bytes, peer: str) -> by
     try:
         opened = _open(node, service, raw, peer)
         message_id = opened.message_id
-        result = await node.writer.run(_inbox_job(node, opened))
-        receipt = result.receipt if isinstance(result, PendingReceipt) else result
+        receipt = _receipt_of(await node.writer.run(_inbox_job(node, opened)))
     except FederationError as e:
         return await _refused(node, e, raw, peer, message_id)
     failpoint("after_receive_commit")
@@ -257,7 +261,7 @@ async def accept_envelopes(
         else:
             failpoint("after_receive_commit")
             node.on_received(o)
-            out[i] = result.receipt if isinstance(result, PendingReceipt) else result
+            out[i] = _receipt_of(result)
     for i, err, message_id in failed:
         try:
             out[i] = await _refused(node, err, items[i][1], peer, message_id)

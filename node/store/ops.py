@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from federation import message_log as mlog
 from federation.crypto import Signer, sha256
-from federation.envelope import Opened, make_receipt, receipt_body, sign_receipts
+from federation.envelope import Opened, receipt_body, sign_receipts
 from federation.errors import FederationError, VerificationError
 from node.store.models import Inbox, LogHead, ManifestHistory, MessageLog, Outbox, UTCDateTime
 
@@ -217,20 +217,23 @@ class _ReceiptBuffer:
 
 def _flush_receipts(s: Connection) -> None:
     buf = s.info.pop("cccfed_receipts", None)
-    if buf is None or not buf.items or buf.transaction is not s.get_transaction():
-        return
+    if buf is not None and buf.items and buf.transaction is s.get_transaction():
+        _store_receipts(s, buf.signer, buf.receiver, buf.items)
+
+
+def _store_receipts(
+    s: Connection, signer: Signer, receiver: str, items: list[PendingReceipt]
+) -> None:
+    """Sign the receipts of ``items`` (one alone, several under one signature), then write
+    their inbox rows and SENT RECEIPT log records."""
     bodies = [
         receipt_body(
-            buf.signer,
-            p.opened,
-            receiver_node=buf.receiver,
-            received_at=p.at,
-            envelope_sha256=p.digest,
+            signer, p.opened, receiver_node=receiver, received_at=p.at, envelope_sha256=p.digest
         )
-        for p in buf.items
+        for p in items
     ]
     rows = []
-    for p, receipt in zip(buf.items, sign_receipts(buf.signer, buf.receiver, bodies), strict=True):
+    for p, receipt in zip(items, sign_receipts(signer, receiver, bodies), strict=True):
         p.receipt = receipt
         rows.append(
             {
@@ -245,7 +248,7 @@ def _flush_receipts(s: Connection) -> None:
         )
     cur = s.connection.cursor()
     cur.executemany(_INBOX_INSERT.postgresql if _pg(s) else _INBOX_INSERT.sqlite, rows)
-    for p in buf.items:
+    for p in items:
         append_log(
             s,
             direction=mlog.SENT,
@@ -315,9 +318,7 @@ def inbox_accept(
         original = _exact_receipt(row, digest, sender)
         if original is not None:
             return original
-        raise DuplicateConflict(
-            f"message {opened.message_id} was already received with different content"
-        )
+        raise _conflict(opened.message_id)
     buf: _ReceiptBuffer | None = None
     if batch:
         buf = s.info.get("cccfed_receipts")
@@ -328,61 +329,29 @@ def inbox_accept(
         if earlier is not None:
             if earlier.digest == digest and earlier.opened.header.sender_node == sender:
                 return earlier
-            raise DuplicateConflict(
-                f"message {opened.message_id} was already received with different content"
-            )
+            raise _conflict(opened.message_id)
     if apply is not None:
         apply(s, opened, now)
-    if buf is not None:
-        pending = PendingReceipt(opened, digest, now)
-        buf.items.append(pending)
-        buf.by_id[opened.message_id] = pending
-        append_log(
-            s,
-            direction=mlog.RECEIVED,
-            rtype=mlog.ENVELOPE,
-            message_id=opened.message_id,
-            peer_node=sender,
-            data=opened.envelope_bytes,
-            at=now,
-        )
-        return pending
-    receipt = make_receipt(
-        signer, opened, receiver_node=self_node, received_at=now, envelope_sha256=digest
-    )
-    _run(
-        s,
-        _INBOX_INSERT,
-        {
-            "message_id": opened.message_id,
-            "sender_node": opened.header.sender_node,
-            "kind": opened.kind,
-            "envelope_sha256": digest,
-            "envelope": opened.envelope_bytes,
-            "receipt": receipt,
-            "received_at": _ts(s, now),
-        },
-    )
-    peer = opened.header.sender_node
+    pending = PendingReceipt(opened, digest, now)
     append_log(
         s,
         direction=mlog.RECEIVED,
         rtype=mlog.ENVELOPE,
         message_id=opened.message_id,
-        peer_node=peer,
+        peer_node=sender,
         data=opened.envelope_bytes,
         at=now,
     )
-    append_log(
-        s,
-        direction=mlog.SENT,
-        rtype=mlog.RECEIPT,
-        message_id=opened.message_id,
-        peer_node=peer,
-        data=receipt,
-        at=now,
-    )
-    return receipt
+    if buf is None:  # signed alone, now
+        _store_receipts(s, signer, self_node, [pending])
+        return pending.receipt
+    buf.items.append(pending)
+    buf.by_id[opened.message_id] = pending
+    return pending
+
+
+def _conflict(message_id: str) -> DuplicateConflict:
+    return DuplicateConflict(f"message {message_id} was already received with different content")
 
 
 def inbox_receipt_for_exact(

@@ -97,13 +97,21 @@ def outbox_row(engine: Engine, row_id: int) -> Any:
         return conn.execute(select(OUTBOX).where(OUTBOX.c.id == row_id)).one()
 
 
-def ping(signer: Signer, sender: str, recipient: str, at: datetime, note: str = "") -> bytes:
+def ping(
+    signer: Signer,
+    sender: str,
+    recipient: str,
+    at: datetime,
+    note: str = "",
+    message_id: str | None = None,
+) -> bytes:
     return seal(
         signer,
         sender_node=sender,
         recipient_node=recipient,
         payload=federation_pb2.Ping(note=note or f"ping {uuid.uuid4()}"),
         now=at,
+        message_id=message_id,
     )
 
 
@@ -418,14 +426,7 @@ def test_inbox_accept_once(
 
     # Same message id, other bytes: refused, nothing added.
     other = open_at(
-        seal(
-            js,
-            sender_node=JS,
-            recipient_node=SH,
-            payload=federation_pb2.Ping(note="something else"),
-            now=now,
-            message_id=received.message_id,
-        ),
+        ping(js, JS, SH, now, "something else", message_id=received.message_id),
         trusted_manifest,
         self_node=SH,
         peer=JS,
@@ -453,34 +454,15 @@ def test_inbox_accept_batch_signs_the_transactions_receipts_once_before_commit(
     are written with their inbox rows just before the commit, and verify alone, on both
     backends; a message accepted earlier in the same transaction is answered like a redelivery."""
     got = [
-        open_at(
-            seal(
-                js,
-                sender_node=JS,
-                recipient_node=SH,
-                payload=federation_pb2.Ping(note=f"b{i}"),
-                now=now,
-            ),
-            trusted_manifest,
-            self_node=SH,
-            peer=JS,
-            at=now,
-        )
-        for i in range(3)
+        open_at(ping(js, JS, SH, now), trusted_manifest, self_node=SH, peer=JS, at=now)
+        for _ in range(3)
     ]
     with transaction(engine) as s:
         pending = [inbox_accept(s, o, signer=sh, self_node=SH, now=now, batch=True) for o in got]
         assert all(isinstance(p, PendingReceipt) and p.receipt == b"" for p in pending)
         assert inbox_accept(s, got[1], signer=sh, self_node=SH, now=now, batch=True) is pending[1]
         conflict = open_at(
-            seal(
-                js,
-                sender_node=JS,
-                recipient_node=SH,
-                payload=federation_pb2.Ping(note="other bytes"),
-                now=now,
-                message_id=got[0].message_id,
-            ),
+            ping(js, JS, SH, now, "other bytes", message_id=got[0].message_id),
             trusted_manifest,
             self_node=SH,
             peer=JS,

@@ -26,6 +26,7 @@ from federation.merkle import (
     HASH_SIZE,
     CompactRange,
     MemoryTree,
+    audit_paths,
     consistency_proof,
     consistency_proof_from,
     hash_range_from_nodes,
@@ -691,3 +692,19 @@ def test_verifiers_only_raise_verification_error(
                 "INCLUSION_PROOF_INVALID",
                 "CONSISTENCY_PROOF_INVALID",
             }
+
+
+# --- every audit path at once (batch receipts) ----------------------------------------------------
+
+
+@given(st.integers(min_value=1, max_value=70))
+def test_audit_paths_are_rfc_6962_inclusion_proofs(n: int) -> None:
+    leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(n)]
+    root, paths = audit_paths(leaves)
+    assert root == root_from_leaf_hashes(leaves)
+    assert paths == [inclusion_proof(leaves, i, n) for i in range(n)]
+
+
+def test_audit_paths_of_nothing_is_an_error() -> None:
+    with pytest.raises(ValidationError):
+        audit_paths([])

@@ -11,8 +11,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from cccfed.v1 import envelope_pb2, federation_pb2
 from federation import envelope as envmod
@@ -20,7 +18,6 @@ from federation.crypto import CTX_RECEIPT, CTX_RECEIPT_BATCH, Signer
 from federation.envelope import (
     Opened,
     Policy,
-    audit_paths,
     open_envelope,
     receipt_body,
     seal,
@@ -29,7 +26,7 @@ from federation.envelope import (
 )
 from federation.errors import VerificationError
 from federation.manifest import TrustedManifest
-from federation.merkle import inclusion_proof, leaf_hash, root_from_leaf_hashes
+from federation.merkle import leaf_hash
 from federation.message_log import Keyring, verify_receipt_signature
 
 SH, JS, ZJ = "310000", "320000", "330000"
@@ -110,22 +107,6 @@ def with_head(
     r.batch.head = head.SerializeToString(deterministic=True)
     r.signature = signer.sign(context, r.batch.head)
     return r.SerializeToString(deterministic=True)
-
-
-# --- the tree -------------------------------------------------------------------------------
-
-
-@given(st.integers(min_value=1, max_value=70))
-def test_audit_paths_are_rfc_6962_inclusion_proofs(n: int) -> None:
-    leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(n)]
-    root, paths = audit_paths(leaves)
-    assert root == root_from_leaf_hashes(leaves)
-    assert paths == [inclusion_proof(leaves, i, n) for i in range(n)]
-
-
-def test_audit_paths_of_nothing_is_an_error() -> None:
-    with pytest.raises(ValueError):
-        audit_paths([])
 
 
 # --- signing and verifying ------------------------------------------------------------------
